@@ -12,7 +12,7 @@ mod frame;
 mod kind;
 
 pub use body::{
-    ErrorResponse, KeepAlive, KickoutInfo, LoginInfo, LoginResponse, decode_body, encode_body,
+    Body, ErrorResponse, KeepAlive, KickoutInfo, LoginInfo, LoginResponse, decode_body, encode_body,
 };
 pub use code::ResultCode;
 pub use error::{DecodeError, EncodeError};
