@@ -12,10 +12,18 @@
 //! - `WebTransport` (wasm32 only): the browser's WebSocket through ewebsock.
 
 mod memory;
+#[cfg(not(target_arch = "wasm32"))]
+mod native;
+#[cfg(target_arch = "wasm32")]
+mod web;
 
 use std::time::Duration;
 
 pub use memory::{MemoryPeer, MemoryTransport};
+#[cfg(not(target_arch = "wasm32"))]
+pub use native::{IoThreadWatch, NativeTransport};
+#[cfg(target_arch = "wasm32")]
+pub use web::WebTransport;
 
 use crate::protocol::MAX_FRAME_BYTES;
 
