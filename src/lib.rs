@@ -4,4 +4,6 @@
 
 pub mod client;
 pub mod protocol;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod transport;

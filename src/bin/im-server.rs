@@ -1,0 +1,116 @@
+//! `im-server`: the reference MobileIMSDK-over-WebSocket server.
+//!
+//! ```text
+//! im-server --listen 0.0.0.0:3000 --dialect mobileimsdk-v6 --sense-mode 5s \
+//!           --metrics 127.0.0.1:9100 --log-level info
+//! ```
+//! Ctrl-C shuts it down gracefully.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bevy_im::protocol::Dialect;
+use bevy_im::server::{AcceptAll, RateLimit, Server, ServerConfig, ServerSenseMode, TlsConfig};
+use clap::Parser;
+
+/// The reference MobileIMSDK server over WebSocket (path `/websocket`).
+#[derive(Debug, Parser)]
+#[command(name = "im-server", version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Wire dialect: `seed` (ACK 54, kickout 55) or `mobileimsdk-v6` (ACK 4, kickout 54).
+    #[arg(long, default_value = "seed")]
+    dialect: Dialect,
+    /// Sense mode clients use; sets the read timeout (5s → 11 s).
+    #[arg(long, default_value = "5s")]
+    sense_mode: ServerSenseMode,
+    /// PEM certificate chain; with --tls-key serves wss://.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Maximum open connections.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Inbound frames per second per connection; 0 turns the limit off.
+    #[arg(long, default_value_t = 50)]
+    rate_limit: u32,
+    /// Frames a connection may send at once before the rate limit applies.
+    #[arg(long, default_value_t = 100)]
+    rate_burst: u32,
+    /// Maximum unacknowledged server-to-client QoS frames per user.
+    #[arg(long, default_value_t = 1000)]
+    max_pending_s2c: usize,
+    /// Serve Prometheus metrics at GET /metrics on this address.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Log filter, such as `info` or `bevy_im=debug`.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+impl Args {
+    fn config(&self) -> ServerConfig {
+        let mut config = ServerConfig::default().with_sense_mode(self.sense_mode);
+        config.listen = self.listen;
+        config.dialect = self.dialect;
+        config.max_connections = self.max_connections;
+        config.rate_limit = (self.rate_limit > 0).then_some(RateLimit {
+            per_second: self.rate_limit,
+            burst: self.rate_burst.max(1),
+        });
+        config.max_pending_s2c_per_user = self.max_pending_s2c;
+        config.metrics_addr = self.metrics;
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            config.tls = Some(TlsConfig::from_pem_files(cert, key));
+        }
+        config
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("im-server: bad --log-level `{}`: {e}", args.log_level);
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("im-server: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let server = match Server::bind(args.config(), AcceptAll).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("im-server: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let handle = server.handle();
+        tracing::info!(url = %handle.url(), dialect = %args.dialect, "listening");
+        if let Some(addr) = server.metrics_addr() {
+            tracing::info!("metrics at http://{addr}/metrics");
+        }
+        let serving = tokio::spawn(server.serve());
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!("shutting down");
+        }
+        handle.shutdown().await;
+        let _ = serving.await;
+        ExitCode::SUCCESS
+    })
+}

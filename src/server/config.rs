@@ -1,0 +1,270 @@
+//! The server's settings: listen address, dialect, timings, limits, TLS and metrics.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::protocol::{Dialect, MAX_FRAME_BYTES};
+
+/// The server side of upstream's sense modes: how long a socket may stay silent
+/// (no text frame) before the server drops it (PROTOCOL.md §7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ServerSenseMode {
+    /// Clients keep alive every 3 s; read timeout 7 s.
+    Mode3s,
+    /// Clients keep alive every 5 s; read timeout 11 s (upstream's demo).
+    #[default]
+    Mode5s,
+    /// Clients keep alive every 10 s; read timeout 15 s.
+    Mode10s,
+    /// Clients keep alive every 15 s; read timeout 20 s (upstream's library default).
+    Mode15s,
+    /// Clients keep alive every 30 s; read timeout 35 s.
+    Mode30s,
+    /// Clients keep alive every 60 s; read timeout 65 s.
+    Mode60s,
+    /// Clients keep alive every 120 s; read timeout 125 s.
+    Mode120s,
+}
+
+impl ServerSenseMode {
+    /// The read timeout this mode gives (`ServerToolKits.setSenseModeWebsocket`).
+    pub fn read_timeout(self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Mode3s => 7,
+            Self::Mode5s => 11,
+            Self::Mode10s => 15,
+            Self::Mode15s => 20,
+            Self::Mode30s => 35,
+            Self::Mode60s => 65,
+            Self::Mode120s => 125,
+        })
+    }
+}
+
+impl std::str::FromStr for ServerSenseMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "3s" => Self::Mode3s,
+            "5s" => Self::Mode5s,
+            "10s" => Self::Mode10s,
+            "15s" => Self::Mode15s,
+            "30s" => Self::Mode30s,
+            "60s" => Self::Mode60s,
+            "120s" => Self::Mode120s,
+            other => {
+                return Err(format!(
+                    "unknown sense mode `{other}`: expected 3s, 5s, 10s, 15s, 30s, 60s or 120s"
+                ));
+            }
+        })
+    }
+}
+
+/// Server-to-client QoS: when an unacknowledged frame is sent again, and when it is
+/// declared lost.
+///
+/// Each pending frame has its own deadline. With the defaults a frame that is never
+/// acknowledged is written twice (at 0 s and 5 s) and declared lost at 10 s, inside
+/// the 9.8–10.8 s upstream was measured at (PROTOCOL.md §6.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct S2cQosConfig {
+    /// Time from a write to the next resend.
+    pub resend_after: Duration,
+    /// How many times a frame is sent again before it is given up (upstream: 1).
+    pub max_resends: u32,
+    /// Time from the last resend to the loss report.
+    pub lost_after: Duration,
+}
+
+impl Default for S2cQosConfig {
+    fn default() -> Self {
+        Self {
+            resend_after: Duration::from_secs(5),
+            max_resends: 1,
+            lost_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A per-connection token bucket on inbound text frames.
+///
+/// A frame over the limit is not processed; the sender gets an error frame (type 52)
+/// with [`ERROR_RATE_LIMITED`](super::ERROR_RATE_LIMITED) and the offending text, and
+/// the socket stays open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Frames per second refilled into the bucket.
+    pub per_second: u32,
+    /// The bucket's size: how many frames may arrive at once.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 50,
+            burst: 100,
+        }
+    }
+}
+
+/// Where PEM data comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PemSource {
+    /// A file to read at bind time.
+    Path(PathBuf),
+    /// PEM text already in memory.
+    Bytes(Vec<u8>),
+}
+
+impl PemSource {
+    pub(crate) fn load(&self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::Path(p) => std::fs::read(p).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot read {}: {e}", p.display()))
+            }),
+            Self::Bytes(b) => Ok(b.clone()),
+        }
+    }
+}
+
+/// A certificate chain and private key for `wss://`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// The certificate chain, leaf first, in PEM.
+    pub cert_chain: PemSource,
+    /// The private key (PKCS#8, PKCS#1 or SEC1) in PEM.
+    pub private_key: PemSource,
+}
+
+impl TlsConfig {
+    /// TLS from two PEM files.
+    pub fn from_pem_files(cert_chain: impl Into<PathBuf>, private_key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert_chain: PemSource::Path(cert_chain.into()),
+            private_key: PemSource::Path(private_key.into()),
+        }
+    }
+
+    /// TLS from PEM text in memory.
+    pub fn from_pem(cert_chain: impl Into<Vec<u8>>, private_key: impl Into<Vec<u8>>) -> Self {
+        Self {
+            cert_chain: PemSource::Bytes(cert_chain.into()),
+            private_key: PemSource::Bytes(private_key.into()),
+        }
+    }
+}
+
+/// Everything the server can be told. Every timing is here so tests can scale it down.
+///
+/// ```
+/// use std::time::Duration;
+/// use bevy_im::server::ServerConfig;
+/// let mut config = ServerConfig::default();
+/// config.listen = "127.0.0.1:0".parse().unwrap();
+/// config.read_timeout = Duration::from_millis(300);
+/// assert_eq!(config.path, "/websocket");
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The TCP address to listen on (default 127.0.0.1:3000; port 0 picks one).
+    pub listen: SocketAddr,
+    /// The only request path that gets a WebSocket upgrade (default `/websocket`,
+    /// matched exactly, query string included).
+    pub path: String,
+    /// Which numbering the server writes ACKs and kickouts in (DESIGN.md §4).
+    pub dialect: Dialect,
+    /// A socket that sends no text frame for this long is closed (default 11 s, the
+    /// 5 s sense mode). WebSocket pings do not count.
+    pub read_timeout: Duration,
+    /// The TLS and HTTP upgrade must finish within this (default 10 s).
+    pub handshake_timeout: Duration,
+    /// The largest inbound text frame; larger ones close the socket with 1009
+    /// (default 65536).
+    pub max_frame_bytes: usize,
+    /// Server-to-client QoS timings.
+    pub s2c_qos: S2cQosConfig,
+    /// How long a client-to-server QoS fingerprint is remembered (default 10 min).
+    pub c2s_dedup_window: Duration,
+    /// The per-connection inbound rate limit; `None` turns it off.
+    pub rate_limit: Option<RateLimit>,
+    /// Open connections beyond this are refused before the upgrade (default 10000).
+    pub max_connections: usize,
+    /// Unacknowledged server-to-client QoS frames one user may have (default 1000).
+    /// A push beyond it fails; a forwarded message beyond it takes the offline path.
+    pub max_pending_s2c_per_user: usize,
+    /// Frames queued for one socket by other sessions before more are refused
+    /// (default 1024): a receiver that does not read cannot grow the server's memory.
+    pub max_outbound_queue: usize,
+    /// After the server sends a close frame it waits this long for the client's
+    /// close frame before dropping TCP (default 1 s).
+    pub close_linger: Duration,
+    /// Graceful shutdown gives sessions this long to close before they are aborted
+    /// (default 5 s).
+    pub shutdown_timeout: Duration,
+    /// Serve `wss://` with this certificate; `None` serves plain `ws://`.
+    pub tls: Option<TlsConfig>,
+    /// Serve Prometheus text metrics over HTTP at `GET /metrics` on this address.
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
+            path: "/websocket".to_owned(),
+            dialect: Dialect::Seed,
+            read_timeout: ServerSenseMode::Mode5s.read_timeout(),
+            handshake_timeout: Duration::from_secs(10),
+            max_frame_bytes: MAX_FRAME_BYTES,
+            s2c_qos: S2cQosConfig::default(),
+            c2s_dedup_window: Duration::from_secs(600),
+            rate_limit: Some(RateLimit::default()),
+            max_connections: 10_000,
+            max_pending_s2c_per_user: 1000,
+            max_outbound_queue: 1024,
+            close_linger: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(5),
+            tls: None,
+            metrics_addr: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Sets the read timeout from a sense mode.
+    pub fn with_sense_mode(mut self, mode: ServerSenseMode) -> Self {
+        self.read_timeout = mode.read_timeout();
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sense_modes_give_upstreams_read_timeouts() {
+        let table = [
+            ("3s", 7),
+            ("5s", 11),
+            ("10s", 15),
+            ("15s", 20),
+            ("30s", 35),
+            ("60s", 65),
+            ("120s", 125),
+        ];
+        for (name, secs) in table {
+            let mode: ServerSenseMode = name.parse().unwrap();
+            assert_eq!(mode.read_timeout(), Duration::from_secs(secs), "{name}");
+        }
+        assert!("4s".parse::<ServerSenseMode>().is_err());
+        assert_eq!(
+            ServerConfig::default().read_timeout,
+            Duration::from_secs(11)
+        );
+    }
+}

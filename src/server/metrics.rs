@@ -1,0 +1,434 @@
+//! Counters the server keeps, their snapshot, and the Prometheus text endpoint.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::protocol::{ClientKind, ServerKind};
+
+/// Why the server refused a connection or a frame, or closed a socket on bad input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RejectReason {
+    /// The upgrade request named another path; it gets no answer (as upstream).
+    WrongPath,
+    /// An HTTP request on the path without a WebSocket upgrade (answered 400).
+    NotWebSocket,
+    /// A malformed, oversized or unsupported upgrade request, or a failed TLS handshake.
+    BadHandshake,
+    /// The TLS and HTTP upgrade did not finish within the handshake timeout.
+    HandshakeTimeout,
+    /// The connection cap was reached.
+    ConnectionLimit,
+    /// A text frame over the size limit (closed with 1009).
+    FrameTooLarge,
+    /// A binary frame (the protocol is text only).
+    BinaryFrame,
+    /// Text that is not a frame: not JSON, not an object, or a field of the wrong type.
+    BadFrame,
+    /// A WebSocket protocol violation (bad masking, invalid UTF-8, bad opcode).
+    ProtocolViolation,
+    /// A login without a readable `PLoginInfo` or user id.
+    BadLogin,
+    /// A login the hook refused.
+    LoginRefused,
+    /// Keepalive, data or ACK before login (error 301).
+    NotLoggedIn,
+    /// Over the per-connection rate limit (error frame, frame dropped).
+    RateLimited,
+    /// A frame type the server does not handle (ignored).
+    UnknownType,
+    /// Data with no `to` (dropped).
+    NoReceiver,
+    /// The receiver already has the maximum of pending S2C QoS frames.
+    PendingS2cFull,
+    /// The receiver's outbound queue is full.
+    OutboundQueueFull,
+    /// No text frame within the read timeout.
+    ReadTimeout,
+}
+
+impl RejectReason {
+    /// Every reason, in label order.
+    pub const ALL: [RejectReason; 18] = [
+        Self::WrongPath,
+        Self::NotWebSocket,
+        Self::BadHandshake,
+        Self::HandshakeTimeout,
+        Self::ConnectionLimit,
+        Self::FrameTooLarge,
+        Self::BinaryFrame,
+        Self::BadFrame,
+        Self::ProtocolViolation,
+        Self::BadLogin,
+        Self::LoginRefused,
+        Self::NotLoggedIn,
+        Self::RateLimited,
+        Self::UnknownType,
+        Self::NoReceiver,
+        Self::PendingS2cFull,
+        Self::OutboundQueueFull,
+        Self::ReadTimeout,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::WrongPath => "wrong_path",
+            Self::NotWebSocket => "not_websocket",
+            Self::BadHandshake => "bad_handshake",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::ConnectionLimit => "connection_limit",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::BinaryFrame => "binary_frame",
+            Self::BadFrame => "bad_frame",
+            Self::ProtocolViolation => "protocol_violation",
+            Self::BadLogin => "bad_login",
+            Self::LoginRefused => "login_refused",
+            Self::NotLoggedIn => "not_logged_in",
+            Self::RateLimited => "rate_limited",
+            Self::UnknownType => "unknown_type",
+            Self::NoReceiver => "no_receiver",
+            Self::PendingS2cFull => "pending_s2c_full",
+            Self::OutboundQueueFull => "outbound_queue_full",
+            Self::ReadTimeout => "read_timeout",
+        }
+    }
+
+    fn index(self) -> usize {
+        Self::ALL.iter().position(|r| *r == self).unwrap_or(0)
+    }
+}
+
+const IN_LABELS: [&str; 7] = [
+    "login",
+    "keepalive",
+    "data",
+    "logout",
+    "ack",
+    "echo",
+    "other",
+];
+const OUT_LABELS: [&str; 8] = [
+    "login_response",
+    "keepalive_response",
+    "error",
+    "echo_response",
+    "kickout",
+    "data",
+    "ack",
+    "other",
+];
+
+fn in_index(kind: ClientKind) -> usize {
+    match kind {
+        ClientKind::Login => 0,
+        ClientKind::KeepAlive => 1,
+        ClientKind::Data => 2,
+        ClientKind::Logout => 3,
+        ClientKind::Ack => 4,
+        ClientKind::Echo => 5,
+        ClientKind::Other(_) => 6,
+    }
+}
+
+pub(crate) fn out_index(kind: ServerKind) -> usize {
+    match kind {
+        ServerKind::LoginResponse => 0,
+        ServerKind::KeepAliveResponse => 1,
+        ServerKind::Error => 2,
+        ServerKind::EchoResponse => 3,
+        ServerKind::Kickout => 4,
+        ServerKind::Data => 5,
+        ServerKind::Ack => 6,
+        ServerKind::Other(_) => 7,
+    }
+}
+
+/// The live counters, shared by every task of one server.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub connections_open: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub logins_ok: AtomicU64,
+    pub kickouts: AtomicU64,
+    pub c2s_duplicates: AtomicU64,
+    pub qos_resends: AtomicU64,
+    pub qos_lost: AtomicU64,
+    frames_in: [AtomicU64; 7],
+    frames_out: [AtomicU64; 8],
+    rejected: [AtomicU64; 18],
+}
+
+impl Metrics {
+    pub fn inc(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn frame_in(&self, kind: ClientKind) {
+        Self::inc(&self.frames_in[in_index(kind)]);
+    }
+
+    pub fn frame_out(&self, index: usize) {
+        Self::inc(&self.frames_out[index.min(OUT_LABELS.len() - 1)]);
+    }
+
+    pub fn reject(&self, reason: RejectReason) {
+        Self::inc(&self.rejected[reason.index()]);
+    }
+
+    pub fn snapshot(&self, users_online: usize) -> MetricsSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsSnapshot {
+            connections_open: load(&self.connections_open),
+            connections_total: load(&self.connections_total),
+            users_online: users_online as u64,
+            logins_ok: load(&self.logins_ok),
+            kickouts: load(&self.kickouts),
+            c2s_duplicates: load(&self.c2s_duplicates),
+            qos_resends: load(&self.qos_resends),
+            qos_lost: load(&self.qos_lost),
+            frames_in: IN_LABELS
+                .iter()
+                .zip(&self.frames_in)
+                .map(|(l, a)| (*l, load(a)))
+                .collect(),
+            frames_out: OUT_LABELS
+                .iter()
+                .zip(&self.frames_out)
+                .map(|(l, a)| (*l, load(a)))
+                .collect(),
+            rejected: RejectReason::ALL
+                .iter()
+                .zip(&self.rejected)
+                .map(|(r, a)| (r.label(), load(a)))
+                .collect(),
+        }
+    }
+}
+
+/// A copy of the server's counters at one moment.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MetricsSnapshot {
+    /// Sockets open now (upgraded or still in the handshake).
+    pub connections_open: u64,
+    /// Sockets accepted since start.
+    pub connections_total: u64,
+    /// Users with a session messages are routed to.
+    pub users_online: u64,
+    /// Successful logins since start.
+    pub logins_ok: u64,
+    /// Kickout frames sent (duplicate login and admin).
+    pub kickouts: u64,
+    /// Client-to-server QoS copies recognised as duplicates.
+    pub c2s_duplicates: u64,
+    /// Server-to-client QoS resends.
+    pub qos_resends: u64,
+    /// Server-to-client QoS frames given up as lost.
+    pub qos_lost: u64,
+    /// Inbound text frames by meaning (`login`, `keepalive`, `data`, `logout`, `ack`,
+    /// `echo`, `other`).
+    pub frames_in: BTreeMap<&'static str, u64>,
+    /// Outbound frames by meaning (`login_response`, `keepalive_response`, `error`,
+    /// `echo_response`, `kickout`, `data`, `ack`, `other`).
+    pub frames_out: BTreeMap<&'static str, u64>,
+    /// Refusals and bad input by [`RejectReason::label`].
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl MetricsSnapshot {
+    /// Inbound frames of one meaning (0 for an unknown label).
+    pub fn frames_in(&self, label: &str) -> u64 {
+        self.frames_in.get(label).copied().unwrap_or(0)
+    }
+
+    /// Outbound frames of one meaning (0 for an unknown label).
+    pub fn frames_out(&self, label: &str) -> u64 {
+        self.frames_out.get(label).copied().unwrap_or(0)
+    }
+
+    /// How often one reason occurred.
+    pub fn rejected(&self, reason: RejectReason) -> u64 {
+        self.rejected.get(reason.label()).copied().unwrap_or(0)
+    }
+
+    /// The snapshot in the Prometheus text exposition format (version 0.0.4).
+    pub fn to_prometheus(&self) -> String {
+        let mut out = String::new();
+        let mut single = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        single(
+            "im_connections_open",
+            "gauge",
+            "Sockets open now.",
+            self.connections_open,
+        );
+        single(
+            "im_connections_total",
+            "counter",
+            "Sockets accepted since start.",
+            self.connections_total,
+        );
+        single(
+            "im_users_online",
+            "gauge",
+            "Users with a routed session.",
+            self.users_online,
+        );
+        single(
+            "im_logins_total",
+            "counter",
+            "Successful logins.",
+            self.logins_ok,
+        );
+        single(
+            "im_kickouts_total",
+            "counter",
+            "Kickout frames sent.",
+            self.kickouts,
+        );
+        single(
+            "im_c2s_duplicates_total",
+            "counter",
+            "Duplicate client-to-server QoS copies.",
+            self.c2s_duplicates,
+        );
+        single(
+            "im_qos_resends_total",
+            "counter",
+            "Server-to-client QoS resends.",
+            self.qos_resends,
+        );
+        single(
+            "im_qos_lost_total",
+            "counter",
+            "Server-to-client QoS frames declared lost.",
+            self.qos_lost,
+        );
+        let mut family = |name: &str, help: &str, label: &str, map: &BTreeMap<&str, u64>| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (k, v) in map {
+                let _ = writeln!(out, "{name}{{{label}=\"{k}\"}} {v}");
+            }
+        };
+        family(
+            "im_frames_in_total",
+            "Inbound text frames by kind.",
+            "kind",
+            &self.frames_in,
+        );
+        family(
+            "im_frames_out_total",
+            "Outbound frames by kind.",
+            "kind",
+            &self.frames_out,
+        );
+        family(
+            "im_rejected_total",
+            "Refused connections and bad input by reason.",
+            "reason",
+            &self.rejected,
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` turns true. Any other request
+/// gets 404; a request that does not arrive within 5 s is dropped.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    snapshot: impl Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let snapshot = std::sync::Arc::new(snapshot);
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = super::state::until_shutdown(&mut shutdown) => return,
+        };
+        let Ok((mut stream, _)) = accepted else {
+            continue;
+        };
+        let snapshot = snapshot.clone();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(1024);
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok::<bool, std::io::Error>(false);
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return Ok(true);
+                    }
+                    if buf.len() > 8192 {
+                        return Ok(false);
+                    }
+                }
+            })
+            .await;
+            if !matches!(read, Ok(Ok(true))) {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf);
+            let mut words = head.split_whitespace();
+            let (method, target) = (words.next(), words.next());
+            let response = if method == Some("GET") && target == Some("/metrics") {
+                let body = snapshot().to_prometheus();
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    .to_owned()
+            };
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_has_its_own_slot_and_label() {
+        let m = Metrics::default();
+        for (i, r) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(r.index(), i);
+            for _ in 0..=i {
+                m.reject(*r);
+            }
+        }
+        let s = m.snapshot(0);
+        for (i, r) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(s.rejected(*r), i as u64 + 1, "{}", r.label());
+        }
+    }
+
+    #[test]
+    fn prometheus_text_has_types_and_labels() {
+        let m = Metrics::default();
+        m.frame_in(ClientKind::Echo);
+        m.frame_out(out_index(ServerKind::Ack));
+        Metrics::inc(&m.qos_resends);
+        let text = m.snapshot(3).to_prometheus();
+        assert!(text.contains("# TYPE im_users_online gauge\nim_users_online 3\n"));
+        assert!(text.contains("im_frames_in_total{kind=\"echo\"} 1\n"));
+        assert!(text.contains("im_frames_out_total{kind=\"ack\"} 1\n"));
+        assert!(text.contains("im_qos_resends_total 1\n"));
+        assert!(text.contains("im_rejected_total{reason=\"rate_limited\"} 0\n"));
+    }
+}

@@ -1,0 +1,404 @@
+//! The listener, the accept loop, graceful shutdown, and the host program's handle.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
+
+use super::config::{ServerConfig, TlsConfig};
+use super::hooks::ServerHooks;
+use super::metrics::{MetricsSnapshot, RejectReason, serve_metrics};
+use super::session::{self, ConnectionGuard};
+use super::state::{Command, DeliverError, Outgoing, Shared};
+use crate::protocol::{Frame, KickoutCode, ServerKind, UNSET_ID};
+
+/// Why [`ServerHandle::push`] could not hand a frame to a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    /// The user has no session messages are routed to.
+    #[error("the user is not online")]
+    NotOnline,
+    /// The user already has the maximum of unacknowledged QoS frames.
+    #[error("too many unacknowledged QoS frames for this user")]
+    TooManyPending,
+    /// The user's socket has the maximum of frames waiting to be written.
+    #[error("the user's outbound queue is full")]
+    QueueFull,
+    /// The encoded frame is larger than the frame limit.
+    #[error("the frame is larger than the frame limit")]
+    TooLarge,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+fn tls_acceptor(tls: &TlsConfig) -> io::Result<TlsAcceptor> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: &str, e: &dyn std::fmt::Display| {
+        io::Error::new(io::ErrorKind::InvalidInput, format!("{what}: {e}"))
+    };
+    let cert_pem = tls.cert_chain.load()?;
+    let key_pem = tls.private_key.load()?;
+    let certs = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid("bad certificate PEM", &e))?;
+    if certs.is_empty() {
+        return Err(invalid("bad certificate PEM", &"no certificate found"));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| invalid("bad key PEM", &e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| invalid("TLS versions", &e))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| invalid("certificate and key", &e))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// A bound server, ready to [`serve`](Server::serve).
+///
+/// ```no_run
+/// # async fn run() -> std::io::Result<()> {
+/// use bevy_im::server::{AcceptAll, Server, ServerConfig};
+/// let server = Server::bind(ServerConfig::default(), AcceptAll).await?;
+/// let handle = server.handle();
+/// tokio::spawn(server.serve());
+/// // ... later
+/// handle.shutdown().await;
+/// # Ok(()) }
+/// ```
+pub struct Server {
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    tls: Option<TlsAcceptor>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("local_addr", &self.shared.local_addr)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Server {
+    /// Binds the listener (and the metrics listener), loads TLS material, and checks
+    /// nothing else: the server does no work until [`serve`](Self::serve).
+    pub async fn bind(config: ServerConfig, hooks: impl ServerHooks) -> io::Result<Self> {
+        let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+        let listener = TcpListener::bind(config.listen).await?;
+        let local_addr = listener.local_addr()?;
+        let metrics_listener = match config.metrics_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await?),
+            None => None,
+        };
+        let metrics_addr = metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?;
+        let shared = Arc::new(Shared::new(
+            config,
+            Box::new(hooks),
+            local_addr,
+            metrics_addr,
+        ));
+        Ok(Self {
+            shared,
+            listener,
+            metrics_listener,
+            tls,
+        })
+    }
+
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The address of the metrics endpoint, when one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.shared.metrics_addr
+    }
+
+    /// A handle for the host program; it stays valid after the server stops.
+    pub fn handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+            tls: self.tls.is_some(),
+        }
+    }
+
+    /// Accepts and serves connections until [`ServerHandle::shutdown`] is called; then
+    /// stops accepting, closes every session with a close frame, and returns within
+    /// the configured shutdown timeout (sessions still open then are aborted).
+    pub async fn serve(self) {
+        let Self {
+            shared,
+            listener,
+            metrics_listener,
+            tls,
+        } = self;
+        shared
+            .serving
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut shutdown = shared.shutdown.subscribe();
+        let mut background = JoinSet::new();
+        background.spawn(qos_loop(shared.clone()));
+        if let Some(l) = metrics_listener {
+            let s = shared.clone();
+            background.spawn(serve_metrics(
+                l,
+                move || s.snapshot(),
+                shared.shutdown.subscribe(),
+            ));
+        }
+        let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = super::state::until_shutdown(&mut shutdown) => break,
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let Ok(permit) = slots.clone().try_acquire_owned() else {
+                            shared.metrics.reject(RejectReason::ConnectionLimit);
+                            refuse_over_capacity(&tcp, tls.is_some());
+                            continue;
+                        };
+                        let _ = tcp.set_nodelay(true);
+                        let guard = ConnectionGuard::new(shared.clone(), permit);
+                        connections.spawn(connection(shared.clone(), tcp, peer, tls.clone(), guard));
+                    }
+                    Err(e) => {
+                        // Out of descriptors or a reset before accept: back off briefly.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+            }
+        }
+        drop(listener);
+        let bound = shared.config.shutdown_timeout;
+        let drained = tokio::time::timeout(bound, async {
+            while connections.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "{} sessions still open after {bound:?}; aborting them",
+                connections.len()
+            );
+        }
+        connections.shutdown().await;
+        background.shutdown().await;
+        shared.stopped.send_replace(true);
+    }
+}
+
+fn refuse_over_capacity(tcp: &TcpStream, tls: bool) {
+    if !tls {
+        let _ = tcp.try_write(
+            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+    }
+}
+
+async fn connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    guard: ConnectionGuard,
+) {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    tracing::trace!(%peer, "accepted");
+    match tls {
+        None => session::run(shared, tcp, deadline).await,
+        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(stream)) => session::run(shared, stream, deadline).await,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "TLS handshake failed: {e}");
+                shared.metrics.reject(RejectReason::BadHandshake);
+            }
+            Err(_) => shared.metrics.reject(RejectReason::HandshakeTimeout),
+        },
+    }
+    drop(guard);
+}
+
+/// Resends and loss reports of server-to-client QoS, on each frame's own deadline.
+async fn qos_loop(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.subscribe();
+    loop {
+        let (lost, next) = shared.run_qos_deadlines(Instant::now());
+        for (user, frame) in lost {
+            tracing::debug!(%user, fp = ?frame.fp, "server-to-client QoS frame lost");
+            shared.hooks.on_s2c_lost(&user, &frame);
+        }
+        let next = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {}
+            _ = shared.qos_wake.notified() => {}
+            _ = super::state::until_shutdown(&mut shutdown) => return,
+        }
+    }
+}
+
+/// The host program's handle on a server: push data, kick users, read presence and
+/// metrics, shut down. Cheap to clone; every method is safe to call from any thread.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<Shared>,
+    tls: bool,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("local_addr", &self.shared.local_addr)
+            .finish()
+    }
+}
+
+impl ServerHandle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The WebSocket URL clients connect to, such as `ws://127.0.0.1:3000/websocket`.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!(
+            "{scheme}://{}{}",
+            self.shared.local_addr, self.shared.config.path
+        )
+    }
+
+    /// The address of the metrics endpoint, when one was configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.shared.metrics_addr
+    }
+
+    /// Sends data from the server (`from` = `"0"`, type 2) to `user`'s socket.
+    ///
+    /// With `qos` the frame gets a fingerprint, which is returned; it is resent until
+    /// the client acknowledges it, and [`ServerHooks::on_s2c_lost`] hears of it when it
+    /// never does.
+    pub fn push(
+        &self,
+        user: &str,
+        content: impl Into<String>,
+        qos: bool,
+        typeu: i32,
+    ) -> Result<Option<String>, PushError> {
+        if self.shared.is_shutting_down() {
+            return Err(PushError::ShuttingDown);
+        }
+        let frame = Frame::data(crate::protocol::SERVER_ID, user, content, qos, None, typeu);
+        let text = frame
+            .encode_with_limit(self.shared.config.max_frame_bytes)
+            .map_err(|_| PushError::TooLarge)?;
+        let mut state = self.shared.lock();
+        let session = state
+            .online
+            .get(user)
+            .map(|r| r.session)
+            .ok_or(PushError::NotOnline)?;
+        if qos && !self.shared.pending_has_room(&state, user) {
+            self.shared.metrics.reject(RejectReason::PendingS2cFull);
+            return Err(PushError::TooManyPending);
+        }
+        let out = Outgoing {
+            text: text.clone(),
+            kind: ServerKind::Data,
+        };
+        match self.shared.send_to_session(&state, session, out) {
+            Ok(()) => {}
+            Err(DeliverError::NotOnline) => return Err(PushError::NotOnline),
+            Err(DeliverError::Refused(r)) => {
+                self.shared.metrics.reject(r);
+                return Err(PushError::QueueFull);
+            }
+        }
+        let fp = frame.fp.clone();
+        if qos {
+            self.shared.add_pending(&mut state, user, frame, text);
+        }
+        Ok(fp)
+    }
+
+    /// Kicks every socket logged in as `user` (kickout code 2, `KICKOUT_FOR_ADMIN`,
+    /// with `reason`), then closes them. Returns how many sockets were told.
+    pub fn kick(&self, user: &str, reason: Option<&str>) -> usize {
+        let state = self.shared.lock();
+        state
+            .sessions
+            .values()
+            .filter(|e| e.user.as_deref() == Some(user) && user != UNSET_ID)
+            .filter(|e| {
+                e.tx.send(Command::Kick {
+                    code: KickoutCode::Admin,
+                    reason: reason.map(str::to_owned),
+                })
+                .is_ok()
+            })
+            .count()
+    }
+
+    /// The users with a session messages are routed to, sorted.
+    pub fn online_users(&self) -> Vec<String> {
+        let mut users: Vec<String> = self.shared.lock().online.keys().cloned().collect();
+        users.sort();
+        users
+    }
+
+    /// Whether `user` has a session messages are routed to.
+    pub fn is_online(&self, user: &str) -> bool {
+        self.shared.lock().online.contains_key(user)
+    }
+
+    /// A copy of the counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.snapshot()
+    }
+
+    /// Starts a graceful shutdown and returns at once; [`Server::serve`] returns once
+    /// it is done.
+    pub fn begin_shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Shuts down gracefully: stops accepting, sends every session a close frame
+    /// (1001), and waits until the server has stopped, which takes at most the
+    /// configured shutdown timeout plus the close linger. Returns at once if the
+    /// server was never served.
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        if !self
+            .shared
+            .serving
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return;
+        }
+        self.stopped().await;
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn stopped(&self) {
+        let mut stopped = self.shared.stopped.subscribe();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+}

@@ -1,0 +1,714 @@
+//! One connection: the upgrade, the read loop with its deadline, and what each frame
+//! does (PROTOCOL.md §6–§11, with the changes of DESIGN.md §5).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout, timeout_at};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::ERROR_RATE_LIMITED;
+use super::handshake::{Handshake, upgrade};
+use super::hooks::LogoutReason;
+use super::metrics::{Metrics, RejectReason, out_index};
+use super::state::{Command, DeliverError, Outgoing, Registered, SessionEntry, SessionId, Shared};
+use crate::protocol::{
+    ClientKind, ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse,
+    ResultCode, ServerKind, decode_body,
+};
+
+/// The close reason upstream writes on every close it makes.
+const BYE: &str = "Bye";
+
+/// Milliseconds since the Unix epoch: the `firstLoginTime` a fresh login is given.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A per-connection token bucket.
+#[derive(Debug)]
+struct TokenBucket {
+    tokens: f64,
+    capacity: f64,
+    per_second: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn take(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// How handling a frame ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Keep reading.
+    Continue,
+    /// Write what is queued, then close with this code and reason.
+    Close {
+        code: u16,
+        reason: String,
+        end: LogoutReason,
+    },
+}
+
+impl Step {
+    fn bye(end: LogoutReason) -> Self {
+        Self::Close {
+            code: 1000,
+            reason: BYE.to_owned(),
+            end,
+        }
+    }
+}
+
+/// A hook call to make once the state lock is released.
+enum HookCall {
+    Login(String, i64),
+    Logout(String, LogoutReason),
+}
+
+/// The protocol state of one socket. Handling a frame is synchronous: it updates the
+/// shared state, queues replies for this socket in `out`, and says whether to close.
+pub(crate) struct Session {
+    id: SessionId,
+    shared: Arc<Shared>,
+    user: Option<String>,
+    first_login_time: i64,
+    bucket: Option<TokenBucket>,
+    out: Vec<Outgoing>,
+}
+
+impl Session {
+    fn new(id: SessionId, shared: Arc<Shared>, now: Instant) -> Self {
+        let bucket = shared.config.rate_limit.map(|r| TokenBucket {
+            tokens: f64::from(r.burst.max(1)),
+            capacity: f64::from(r.burst.max(1)),
+            per_second: f64::from(r.per_second),
+            last: now,
+        });
+        Self {
+            id,
+            shared,
+            user: None,
+            first_login_time: 0,
+            bucket,
+            out: Vec::new(),
+        }
+    }
+
+    fn dialect(&self) -> crate::protocol::Dialect {
+        self.shared.config.dialect
+    }
+
+    fn push(&mut self, frame: &Frame, kind: ServerKind) {
+        self.out.push(Outgoing {
+            text: frame.to_json(),
+            kind,
+        });
+    }
+
+    /// An error frame whose message is cut until the frame fits the size limit.
+    fn push_error(&mut self, code: i32, msg: &str) {
+        let limit = self.shared.config.max_frame_bytes;
+        let mut msg = msg.to_owned();
+        loop {
+            let frame = Frame::error_response(&ErrorResponse {
+                error_code: code,
+                error_msg: msg.clone(),
+            });
+            let text = frame.to_json();
+            if text.len() <= limit || msg.is_empty() {
+                self.out.push(Outgoing {
+                    text,
+                    kind: ServerKind::Error,
+                });
+                return;
+            }
+            let mut cut = msg.len() / 2;
+            while !msg.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            msg.truncate(cut);
+        }
+    }
+
+    fn run_hooks(&self, calls: Vec<HookCall>) {
+        for call in calls {
+            match call {
+                HookCall::Login(user, t) => self.shared.hooks.on_login(&user, t),
+                HookCall::Logout(user, reason) => self.shared.hooks.on_logout(&user, reason),
+            }
+        }
+    }
+
+    /// Handles one inbound text frame.
+    pub(crate) fn handle_text(&mut self, text: &str, now: Instant) -> Step {
+        let shared = self.shared.clone();
+        let limit = shared.config.max_frame_bytes;
+        if text.len() > limit {
+            shared.metrics.reject(RejectReason::FrameTooLarge);
+            return too_large(limit);
+        }
+        if let Some(bucket) = &mut self.bucket
+            && !bucket.take(now)
+        {
+            shared.metrics.reject(RejectReason::RateLimited);
+            self.push_error(ERROR_RATE_LIMITED, text);
+            return Step::Continue;
+        }
+        let frame = match Frame::decode(text) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(session = self.id, "closing on a bad frame: {e}");
+                shared.metrics.reject(RejectReason::BadFrame);
+                return Step::bye(LogoutReason::Closed);
+            }
+        };
+        let kind = frame.client_kind();
+        shared.metrics.frame_in(kind);
+        match kind {
+            ClientKind::Login => self.login(&frame),
+            ClientKind::Echo => {
+                let mut echo = frame;
+                echo.ty = self.dialect().server_type(ServerKind::EchoResponse);
+                self.push(&echo, ServerKind::EchoResponse);
+                Step::Continue
+            }
+            ClientKind::Logout => Step::bye(LogoutReason::Logout),
+            ClientKind::Other(ty) => {
+                tracing::debug!(session = self.id, ty, "ignoring an unsupported type");
+                shared.metrics.reject(RejectReason::UnknownType);
+                Step::Continue
+            }
+            ClientKind::KeepAlive | ClientKind::Data | ClientKind::Ack => {
+                let Some(user) = self.user.clone() else {
+                    shared.metrics.reject(RejectReason::NotLoggedIn);
+                    self.push_error(ResultCode::ResponseForUnlogin.code(), &frame.to_json());
+                    return Step::bye(LogoutReason::Closed);
+                };
+                match kind {
+                    ClientKind::KeepAlive => self.keepalive(&user),
+                    ClientKind::Data => self.data(&user, frame, now),
+                    _ => {
+                        let mut state = shared.lock();
+                        shared.ack_pending(&mut state, &user, frame.content());
+                    }
+                }
+                Step::Continue
+            }
+        }
+    }
+
+    fn login(&mut self, frame: &Frame) -> Step {
+        let shared = self.shared.clone();
+        let info: LoginInfo = match decode_body::<LoginInfo>(frame.data_content.as_deref()) {
+            Ok(info) if !info.login_user_id.is_empty() => info,
+            _ => {
+                shared.metrics.reject(RejectReason::BadLogin);
+                return Step::bye(LogoutReason::Closed);
+            }
+        };
+        let user = info.login_user_id.clone();
+        if self.user.as_deref() == Some(user.as_str()) {
+            // Already logged in on this socket: answer again without checking the token.
+            let t = if info.first_login_time > 0 {
+                info.first_login_time
+            } else {
+                self.first_login_time
+            };
+            let reply = Frame::login_response(
+                &user,
+                &LoginResponse {
+                    code: 0,
+                    first_login_time: t,
+                },
+            );
+            self.push(&reply, ServerKind::LoginResponse);
+            return Step::Continue;
+        }
+        let code = shared.hooks.verify_login(
+            &user,
+            &info.login_token,
+            info.extra.as_deref(),
+            info.app.as_deref(),
+        );
+        if code != 0 {
+            shared.metrics.reject(RejectReason::LoginRefused);
+            let reply = Frame::login_response(
+                &user,
+                &LoginResponse {
+                    code,
+                    first_login_time: -1,
+                },
+            );
+            self.push(&reply, ServerKind::LoginResponse);
+            return Step::bye(LogoutReason::Closed);
+        }
+        let t = if info.first_login_time <= 0 {
+            now_ms()
+        } else {
+            info.first_login_time
+        };
+        let reply = Frame::login_response(
+            &user,
+            &LoginResponse {
+                code: 0,
+                first_login_time: t,
+            },
+        );
+        self.push(&reply, ServerKind::LoginResponse);
+        Metrics::inc(&shared.metrics.logins_ok);
+
+        let mut calls = Vec::new();
+        let mut kick_self = false;
+        {
+            let mut state = shared.lock();
+            // A different user on the same socket: the old one leaves first.
+            if let Some(old) = self.user.take()
+                && state.online.get(&old).is_some_and(|r| r.session == self.id)
+            {
+                state.online.remove(&old);
+                calls.push(HookCall::Logout(old, LogoutReason::Replaced));
+            }
+            if let Some(entry) = state.sessions.get_mut(&self.id) {
+                entry.user = Some(user.clone());
+            }
+            let me = Registered {
+                session: self.id,
+                first_login_time: t,
+            };
+            match state.online.get(&user).copied() {
+                None => {
+                    state.online.insert(user.clone(), me);
+                    calls.push(HookCall::Login(user.clone(), t));
+                }
+                Some(old) if info.first_login_time <= 0 || t > old.first_login_time => {
+                    // A fresh or newer login: the old socket is kicked.
+                    if let Some(entry) = state.sessions.get(&old.session) {
+                        let _ = entry.tx.send(Command::Kick {
+                            code: KickoutCode::DuplicateLogin,
+                            reason: None,
+                        });
+                    }
+                    state.online.insert(user.clone(), me);
+                    calls.push(HookCall::Logout(
+                        user.clone(),
+                        LogoutReason::Kicked(KickoutCode::DuplicateLogin),
+                    ));
+                    calls.push(HookCall::Login(user.clone(), t));
+                }
+                Some(old) if t < old.first_login_time => {
+                    // A stale session coming back: it is the one kicked.
+                    kick_self = true;
+                }
+                Some(_) => {
+                    // Equal times: routing moves here, the old socket stays open.
+                    state.online.insert(user.clone(), me);
+                    calls.push(HookCall::Logout(user.clone(), LogoutReason::Replaced));
+                    calls.push(HookCall::Login(user.clone(), t));
+                }
+            }
+        }
+        self.user = Some(user.clone());
+        self.first_login_time = t;
+        self.run_hooks(calls);
+        if kick_self {
+            Metrics::inc(&shared.metrics.kickouts);
+            let kick = Frame::kickout(
+                self.dialect(),
+                &user,
+                &KickoutInfo {
+                    code: KickoutCode::DuplicateLogin.code(),
+                    reason: None,
+                },
+            );
+            self.push(&kick, ServerKind::Kickout);
+            return Step::bye(LogoutReason::Kicked(KickoutCode::DuplicateLogin));
+        }
+        Step::Continue
+    }
+
+    /// The reply goes to the socket the user is routed to, as upstream's does.
+    fn keepalive(&mut self, user: &str) {
+        let shared = self.shared.clone();
+        let reply = Frame::keepalive_response(user);
+        let state = shared.lock();
+        match state.online.get(user).map(|r| r.session) {
+            Some(s) if s == self.id => {
+                drop(state);
+                self.push(&reply, ServerKind::KeepAliveResponse);
+            }
+            Some(s) => {
+                let out = Outgoing {
+                    text: reply.to_json(),
+                    kind: ServerKind::KeepAliveResponse,
+                };
+                if let Err(DeliverError::Refused(r)) = shared.send_to_session(&state, s, out) {
+                    shared.metrics.reject(r);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn data(&mut self, user: &str, mut frame: Frame, now: Instant) {
+        let shared = self.shared.clone();
+        // Deliberate difference: nobody can send as someone else.
+        frame.from = Some(user.to_owned());
+        let Some(to) = frame.to.clone() else {
+            shared.metrics.reject(RejectReason::NoReceiver);
+            return;
+        };
+        let dialect = self.dialect();
+        let qos_fp = frame.fp.clone().filter(|_| frame.qos);
+        if to == crate::protocol::SERVER_ID {
+            if let Some(fp) = &qos_fp {
+                let duplicate = shared.lock().dedup.seen((user.to_owned(), fp.clone()), now);
+                let ack = Frame::server_ack(dialect, crate::protocol::SERVER_ID, user, fp);
+                self.push(&ack, ServerKind::Ack);
+                if duplicate {
+                    Metrics::inc(&shared.metrics.c2s_duplicates);
+                    return;
+                }
+            }
+            shared.hooks.on_c2s_message(&frame);
+            return;
+        }
+        let text = frame.to_json();
+        let delivered = {
+            let mut state = shared.lock();
+            match state.online.get(&to).map(|r| r.session) {
+                None => Err(DeliverError::NotOnline),
+                Some(_) if qos_fp.is_some() && !shared.pending_has_room(&state, &to) => {
+                    Err(DeliverError::Refused(RejectReason::PendingS2cFull))
+                }
+                Some(s) => {
+                    let out = Outgoing {
+                        text: text.clone(),
+                        kind: ServerKind::Data,
+                    };
+                    let sent = if s == self.id {
+                        self.out.push(out);
+                        Ok(())
+                    } else {
+                        shared.send_to_session(&state, s, out)
+                    };
+                    if sent.is_ok() && qos_fp.is_some() {
+                        shared.add_pending(&mut state, &to, frame.clone(), text);
+                    }
+                    sent
+                }
+            }
+        };
+        let relay_ack = match delivered {
+            Ok(()) => true,
+            Err(e) => {
+                if let DeliverError::Refused(r) = e {
+                    shared.metrics.reject(r);
+                }
+                shared.hooks.on_offline_message(&frame)
+            }
+        };
+        if relay_ack && let Some(fp) = &qos_fp {
+            // The relay ACK: from the receiver, to the sender, down the sender's socket.
+            let ack = Frame::server_ack(dialect, &to, user, fp);
+            self.push(&ack, ServerKind::Ack);
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Step {
+    Step::Close {
+        code: 1009,
+        reason: format!("Max frame length of {limit} has been exceeded."),
+        end: LogoutReason::Closed,
+    }
+}
+
+/// Counts an open connection and releases its slot however its task ends.
+pub(crate) struct ConnectionGuard {
+    shared: Arc<Shared>,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl ConnectionGuard {
+    pub(crate) fn new(shared: Arc<Shared>, permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Metrics::inc(&shared.metrics.connections_total);
+        Metrics::inc(&shared.metrics.connections_open);
+        Self {
+            shared,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.shared
+            .metrics
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Removes the session from the shared state however its task ends, and reports the
+/// user's logout when this socket was the one routed to.
+struct SessionCleanup {
+    shared: Arc<Shared>,
+    id: SessionId,
+    end: LogoutReason,
+}
+
+impl Drop for SessionCleanup {
+    fn drop(&mut self) {
+        let hook = {
+            let mut state = self.shared.lock();
+            let user = state.sessions.remove(&self.id).and_then(|e| e.user);
+            match user {
+                Some(u) if state.online.get(&u).is_some_and(|r| r.session == self.id) => {
+                    state.online.remove(&u);
+                    Some(u)
+                }
+                _ => None,
+            }
+        };
+        if let Some(user) = hook {
+            self.shared.hooks.on_logout(&user, self.end);
+        }
+    }
+}
+
+/// Serves one accepted socket (after TLS, if any) until it closes.
+pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, handshake_deadline: Instant)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let config = &shared.config;
+    let mut shutdown = shared.shutdown.subscribe();
+    let outcome = tokio::select! {
+        o = timeout_at(handshake_deadline, upgrade(&mut stream, &config.path)) => o,
+        _ = super::state::until_shutdown(&mut shutdown) => return,
+    };
+    let rest = match outcome {
+        Err(_) => {
+            shared.metrics.reject(RejectReason::HandshakeTimeout);
+            return;
+        }
+        Ok(Err(_)) => {
+            shared.metrics.reject(RejectReason::BadHandshake);
+            return;
+        }
+        Ok(Ok(Handshake::Refused(reason))) => {
+            shared.metrics.reject(reason);
+            return;
+        }
+        Ok(Ok(Handshake::WrongPath)) => {
+            shared.metrics.reject(RejectReason::WrongPath);
+            hold_silently(&mut stream, config.read_timeout, &mut shutdown).await;
+            return;
+        }
+        Ok(Ok(Handshake::Upgraded { rest })) => rest,
+    };
+    // Tungstenite may read somewhat larger frames so that an oversize one is read
+    // whole and answered with 1009 instead of a reset.
+    let hard_limit = config.max_frame_bytes.saturating_mul(2).max(1024);
+    let ws_config = WebSocketConfig::default()
+        .max_frame_size(Some(hard_limit))
+        .max_message_size(Some(hard_limit));
+    let ws =
+        WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(ws_config)).await;
+    serve_socket(shared, ws, shutdown).await;
+}
+
+/// A wrong path gets no answer; the socket is held until it has been silent for the
+/// read timeout, as upstream's gateway does.
+async fn hold_silently<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    read_timeout: Duration,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let mut buf = [0u8; 1024];
+    loop {
+        tokio::select! {
+            r = timeout(read_timeout, stream.read(&mut buf)) => match r {
+                Ok(Ok(n)) if n > 0 => continue,
+                _ => return,
+            },
+            _ = super::state::until_shutdown(shutdown) => return,
+        }
+    }
+}
+
+async fn send_close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str, linger: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: reason.into(),
+    };
+    if timeout(linger, ws.close(Some(frame))).await.is_err() {
+        return;
+    }
+    // Wait briefly for the client's close frame so TCP ends cleanly.
+    let _ = timeout(linger, async { while let Some(Ok(_)) = ws.next().await {} }).await;
+}
+
+async fn write_out<S>(
+    ws: &mut WebSocketStream<S>,
+    metrics: &Metrics,
+    out: impl IntoIterator<Item = Outgoing>,
+) -> Result<(), WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut any = false;
+    for o in out {
+        metrics.frame_out(out_index(o.kind));
+        ws.feed(Message::text(o.text)).await?;
+        any = true;
+    }
+    if any {
+        ws.flush().await?;
+    }
+    Ok(())
+}
+
+async fn serve_socket<S>(
+    shared: Arc<Shared>,
+    mut ws: WebSocketStream<S>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let id = shared.next_session_id();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    shared.lock().sessions.insert(
+        id,
+        SessionEntry {
+            tx,
+            queued: queued.clone(),
+            user: None,
+        },
+    );
+    let mut cleanup = SessionCleanup {
+        shared: shared.clone(),
+        id,
+        end: LogoutReason::Closed,
+    };
+    let linger = shared.config.close_linger;
+    let read_timeout = shared.config.read_timeout;
+    let mut session = Session::new(id, shared.clone(), Instant::now());
+    let mut deadline = Instant::now() + read_timeout;
+    loop {
+        tokio::select! {
+            biased;
+            _ = super::state::until_shutdown(&mut shutdown) => {
+                send_close(&mut ws, 1001, "Going away", linger).await;
+                cleanup.end = LogoutReason::Shutdown;
+                break;
+            }
+            cmd = rx.recv() => match cmd {
+                Some(Command::Send(out)) => {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    if write_out(&mut ws, &shared.metrics, [out]).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Command::Kick { code, reason }) => {
+                    let user = session.user.clone().unwrap_or_default();
+                    let kick = Frame::kickout(
+                        shared.config.dialect,
+                        &user,
+                        &KickoutInfo { code: code.code(), reason },
+                    );
+                    Metrics::inc(&shared.metrics.kickouts);
+                    let out = Outgoing { text: kick.to_json(), kind: ServerKind::Kickout };
+                    if write_out(&mut ws, &shared.metrics, [out]).await.is_ok() {
+                        send_close(&mut ws, 1000, BYE, linger).await;
+                    }
+                    cleanup.end = LogoutReason::Kicked(code);
+                    break;
+                }
+                None => break,
+            },
+            msg = ws.next() => {
+                let step = match msg {
+                    None => break,
+                    Some(Ok(Message::Text(text))) => {
+                        deadline = Instant::now() + read_timeout;
+                        session.handle_text(text.as_str(), Instant::now())
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        shared.metrics.reject(RejectReason::BinaryFrame);
+                        Step::bye(LogoutReason::Closed)
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        Step::Continue
+                    }
+                    Some(Ok(Message::Close(_))) => {
+                        // The close reply is queued; draining sends it and ends the stream.
+                        let _ = timeout(linger, async {
+                            while let Some(Ok(_)) = ws.next().await {}
+                        })
+                        .await;
+                        break;
+                    }
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        shared.metrics.reject(RejectReason::FrameTooLarge);
+                        too_large(shared.config.max_frame_bytes)
+                    }
+                    Some(Err(WsError::Protocol(e))) => {
+                        tracing::debug!(session = id, "protocol violation: {e}");
+                        shared.metrics.reject(RejectReason::ProtocolViolation);
+                        Step::bye(LogoutReason::Closed)
+                    }
+                    Some(Err(WsError::Utf8(_))) => {
+                        shared.metrics.reject(RejectReason::ProtocolViolation);
+                        Step::bye(LogoutReason::Closed)
+                    }
+                    Some(Err(_)) => break,
+                };
+                let out: Vec<Outgoing> = session.out.drain(..).collect();
+                if write_out(&mut ws, &shared.metrics, out).await.is_err() {
+                    break;
+                }
+                if let Step::Close { code, reason, end } = step {
+                    send_close(&mut ws, code, &reason, linger).await;
+                    cleanup.end = end;
+                    break;
+                }
+            }
+            _ = sleep_until(deadline) => {
+                shared.metrics.reject(RejectReason::ReadTimeout);
+                send_close(&mut ws, 1000, BYE, linger).await;
+                cleanup.end = LogoutReason::TimedOut;
+                break;
+            }
+        }
+    }
+    drop(session);
+    drop(cleanup);
+}

@@ -1,0 +1,359 @@
+//! What every session shares: who is online, the sockets, pending server-to-client
+//! QoS frames with their deadlines, and the client-to-server dedup window.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use super::config::ServerConfig;
+use super::hooks::ServerHooks;
+use super::metrics::{Metrics, MetricsSnapshot, RejectReason};
+use crate::protocol::{Frame, KickoutCode, ServerKind};
+
+/// Resolves once the server is shutting down (at once if it already is).
+pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Identifies one accepted socket for the life of the server.
+pub(crate) type SessionId = u64;
+
+/// A frame ready for one socket, with its meaning for the metrics.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub text: String,
+    pub kind: ServerKind,
+}
+
+/// What other parts of the server ask a session task to do.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Write a frame.
+    Send(Outgoing),
+    /// Write a kickout with this code and reason, then close.
+    Kick {
+        code: KickoutCode,
+        reason: Option<String>,
+    },
+}
+
+/// One open socket as the rest of the server sees it.
+#[derive(Debug)]
+pub(crate) struct SessionEntry {
+    pub tx: mpsc::UnboundedSender<Command>,
+    /// Frames queued by others and not yet written: bounded by `max_outbound_queue`.
+    pub queued: Arc<AtomicUsize>,
+    pub user: Option<String>,
+}
+
+/// The session a user's messages are routed to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Registered {
+    pub session: SessionId,
+    pub first_login_time: i64,
+}
+
+#[derive(Debug)]
+struct Pending {
+    frame: Frame,
+    text: String,
+    resends: u32,
+    seq: u64,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Deadline {
+    at: Instant,
+    seq: u64,
+    user: String,
+    fp: String,
+}
+
+/// Client-to-server QoS fingerprints seen within the window, keyed by (user, fp).
+///
+/// The window is fixed, so insertion order is expiry order: a FIFO of deadlines, with
+/// refreshed keys leaving stale entries that are skipped when they reach the front.
+#[derive(Debug)]
+pub(crate) struct Dedup {
+    window: Duration,
+    expires: HashMap<(String, String), Instant>,
+    order: VecDeque<(Instant, (String, String))>,
+}
+
+impl Dedup {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            expires: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Records `key` at `now`; true when it was already there (a duplicate copy).
+    pub fn seen(&mut self, key: (String, String), now: Instant) -> bool {
+        while let Some((at, _)) = self.order.front() {
+            if *at > now {
+                break;
+            }
+            if let Some((at, k)) = self.order.pop_front()
+                && self.expires.get(&k) == Some(&at)
+            {
+                self.expires.remove(&k);
+            }
+        }
+        let at = now + self.window;
+        let duplicate = self.expires.insert(key.clone(), at).is_some();
+        self.order.push_back((at, key));
+        duplicate
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.expires.len()
+    }
+}
+
+/// The state behind the lock.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub sessions: HashMap<SessionId, SessionEntry>,
+    pub online: HashMap<String, Registered>,
+    pending: HashMap<String, HashMap<String, Pending>>,
+    deadlines: BinaryHeap<Reverse<Deadline>>,
+    next_seq: u64,
+    pub dedup: Dedup,
+}
+
+/// Why a frame could not be handed to a user's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeliverError {
+    NotOnline,
+    Refused(RejectReason),
+}
+
+/// Everything a server's tasks share.
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub hooks: Box<dyn ServerHooks>,
+    pub metrics: Metrics,
+    state: Mutex<State>,
+    pub qos_wake: Notify,
+    pub shutdown: watch::Sender<bool>,
+    pub stopped: watch::Sender<bool>,
+    pub local_addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    /// Set once `serve` has started, so a shutdown knows whether to wait for it.
+    pub serving: AtomicBool,
+    next_session: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(
+        config: ServerConfig,
+        hooks: Box<dyn ServerHooks>,
+        local_addr: SocketAddr,
+        metrics_addr: Option<SocketAddr>,
+    ) -> Self {
+        let dedup = Dedup::new(config.c2s_dedup_window);
+        Self {
+            config,
+            hooks,
+            metrics: Metrics::default(),
+            state: Mutex::new(State {
+                sessions: HashMap::new(),
+                online: HashMap::new(),
+                pending: HashMap::new(),
+                deadlines: BinaryHeap::new(),
+                next_seq: 0,
+                dedup,
+            }),
+            qos_wake: Notify::new(),
+            shutdown: watch::Sender::new(false),
+            stopped: watch::Sender::new(false),
+            local_addr,
+            metrics_addr,
+            serving: AtomicBool::new(false),
+            next_session: AtomicU64::new(1),
+        }
+    }
+
+    /// The state, never poisoned: no code panics while holding it.
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn next_session_id(&self) -> SessionId {
+        self.next_session.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let online = self.lock().online.len();
+        self.metrics.snapshot(online)
+    }
+
+    /// Queues a frame for another session's socket, within its outbound bound.
+    pub fn send_to_session(
+        &self,
+        state: &State,
+        session: SessionId,
+        out: Outgoing,
+    ) -> Result<(), DeliverError> {
+        let entry = state
+            .sessions
+            .get(&session)
+            .ok_or(DeliverError::NotOnline)?;
+        if entry.queued.load(Ordering::Relaxed) >= self.config.max_outbound_queue {
+            return Err(DeliverError::Refused(RejectReason::OutboundQueueFull));
+        }
+        entry.queued.fetch_add(1, Ordering::Relaxed);
+        entry.tx.send(Command::Send(out)).map_err(|_| {
+            entry.queued.fetch_sub(1, Ordering::Relaxed);
+            DeliverError::NotOnline
+        })
+    }
+
+    /// Whether `user` can take one more pending QoS frame.
+    pub fn pending_has_room(&self, state: &State, user: &str) -> bool {
+        state.pending.get(user).map_or(0, HashMap::len) < self.config.max_pending_s2c_per_user
+    }
+
+    /// Starts the QoS clock of a frame just handed to `user`'s socket.
+    pub fn add_pending(&self, state: &mut State, user: &str, frame: Frame, text: String) {
+        let Some(fp) = frame.fp.clone() else {
+            return;
+        };
+        let qos = &self.config.s2c_qos;
+        let first = if qos.max_resends > 0 {
+            qos.resend_after
+        } else {
+            qos.lost_after
+        };
+        state.next_seq += 1;
+        let seq = state.next_seq;
+        state.deadlines.push(Reverse(Deadline {
+            at: Instant::now() + first,
+            seq,
+            user: user.to_owned(),
+            fp: fp.clone(),
+        }));
+        state.pending.entry(user.to_owned()).or_default().insert(
+            fp,
+            Pending {
+                frame,
+                text,
+                resends: 0,
+                seq,
+            },
+        );
+        self.qos_wake.notify_one();
+    }
+
+    /// Stops the QoS clock of `fp` to `user`: the client acknowledged it.
+    pub fn ack_pending(&self, state: &mut State, user: &str, fp: &str) -> bool {
+        let Some(map) = state.pending.get_mut(user) else {
+            return false;
+        };
+        let removed = map.remove(fp).is_some();
+        if map.is_empty() {
+            state.pending.remove(user);
+        }
+        removed
+    }
+
+    /// Resends what is due and gives up what has run out of resends. Returns the lost
+    /// frames (for the hook, called without the lock) and the next deadline.
+    pub fn run_qos_deadlines(&self, now: Instant) -> (Vec<(String, Frame)>, Option<Instant>) {
+        let qos = self.config.s2c_qos;
+        let mut lost = Vec::new();
+        let mut state = self.lock();
+        while let Some(Reverse(d)) = state.deadlines.peek() {
+            if d.at > now {
+                break;
+            }
+            let Some(Reverse(d)) = state.deadlines.pop() else {
+                break;
+            };
+            let Some((resends, text)) = state
+                .pending
+                .get(&d.user)
+                .and_then(|m| m.get(&d.fp))
+                .filter(|p| p.seq == d.seq)
+                .map(|p| (p.resends, p.text.clone()))
+            else {
+                continue;
+            };
+            if resends < qos.max_resends {
+                let target = state.online.get(&d.user).map(|r| r.session);
+                if let Some(session) = target {
+                    let out = Outgoing {
+                        text,
+                        kind: ServerKind::Data,
+                    };
+                    // A failed resend still counts, as upstream's does.
+                    let _ = self.send_to_session(&state, session, out);
+                }
+                Metrics::inc(&self.metrics.qos_resends);
+                let next = if resends + 1 < qos.max_resends {
+                    qos.resend_after
+                } else {
+                    qos.lost_after
+                };
+                if let Some(p) = state
+                    .pending
+                    .get_mut(&d.user)
+                    .and_then(|m| m.get_mut(&d.fp))
+                {
+                    p.resends += 1;
+                }
+                state.deadlines.push(Reverse(Deadline {
+                    at: now + next,
+                    ..d
+                }));
+            } else if let Some(map) = state.pending.get_mut(&d.user) {
+                if let Some(p) = map.remove(&d.fp) {
+                    lost.push((d.user.clone(), p.frame));
+                    Metrics::inc(&self.metrics.qos_lost);
+                }
+                if map.is_empty() {
+                    state.pending.remove(&d.user);
+                }
+            }
+        }
+        let next = state.deadlines.peek().map(|Reverse(d)| d.at);
+        (lost, next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dedup_remembers_for_the_window_and_refreshes() {
+        let t0 = Instant::now();
+        let mut d = Dedup::new(Duration::from_secs(10));
+        let k = || ("alice".to_owned(), "fp".to_owned());
+        assert!(!d.seen(k(), t0));
+        assert!(
+            d.seen(k(), t0 + Duration::from_secs(5)),
+            "within the window"
+        );
+        // Refreshed at 5 s, so still known at 14 s.
+        assert!(d.seen(k(), t0 + Duration::from_secs(14)));
+        assert!(!d.seen(k(), t0 + Duration::from_secs(25)), "expired");
+        assert!(!d.seen(("bob".into(), "fp".into()), t0 + Duration::from_secs(25)));
+        assert_eq!(d.len(), 2);
+        assert!(!d.seen(("carol".into(), "x".into()), t0 + Duration::from_secs(60)));
+        assert_eq!(d.len(), 1, "expired keys are dropped, not kept forever");
+    }
+}
