@@ -3,7 +3,20 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod plugin;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;
 pub mod transport;
+
+/// The names a game needs, in one import.
+pub mod prelude {
+    pub use crate::client::{LoginRequest, Outgoing, ReloginPolicy, SenseMode, SessionState};
+    pub use crate::plugin::conditions::*;
+    pub use crate::plugin::{
+        BadFrame, DataReceived, ImClient, ImClientPlugin, ImConfig, ImInbox, ImSystems,
+        KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded,
+        MessageDelivered, MessagesLost, ReloginStarted, SendResult, ServerError,
+    };
+    pub use crate::protocol::{Dialect, KickoutCode, ResultCode};
+}

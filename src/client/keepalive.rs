@@ -96,7 +96,7 @@ pub enum KeepaliveTick {
 }
 
 /// The keepalive clock of one logged-in link.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, bevy::prelude::Resource)]
 pub struct Keepalive {
     mode: SenseMode,
     running: bool,

@@ -29,7 +29,7 @@ impl Default for DedupConfig {
 /// that many deadlines: under a flood of unique fingerprints the oldest are forgotten
 /// first, so a duplicate can only get through once it is older than the newest
 /// `max_entries` fingerprints.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, bevy::prelude::Resource)]
 pub struct QosReceiveFilter {
     config: DedupConfig,
     seen: HashMap<String, Duration>,

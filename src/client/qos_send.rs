@@ -48,7 +48,7 @@ pub struct QosTick {
 
 /// Pending QoS frames keyed by fingerprint, with a deadline queue so that a tick costs
 /// O(expired · log n), not O(pending).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, bevy::prelude::Resource)]
 pub struct QosSendTable {
     config: QosSendConfig,
     pending: HashMap<String, Pending>,

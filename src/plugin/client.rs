@@ -1,0 +1,121 @@
+//! The `ImClient` system parameter: the seed's `ClientCoreSDK` calls.
+
+use bevy::ecs::system::SystemParam;
+use bevy::prelude::{Res, ResMut};
+use bevy::time::{Real, Time};
+
+use super::{ImConfig, ImLink};
+use crate::client::{
+    Core, CoreOutput, Keepalive, LoginRequest, Outgoing, QosReceiveFilter, QosSendTable, Relogin,
+    Session, SessionState,
+};
+use crate::protocol::ResultCode;
+use crate::transport::LinkId;
+
+/// Logs in, sends, logs out and reads the client's state, from any system.
+///
+/// Local failures return the seed's code at once and write nothing; the outcome of
+/// everything that reaches the server arrives later as a message
+/// ([`LoginSucceeded`](super::LoginSucceeded), [`SendResult`](super::SendResult),
+/// [`MessageDelivered`](super::MessageDelivered), ...).
+///
+/// ```no_run
+/// use bevy::prelude::*;
+/// use bevy_im::prelude::*;
+///
+/// fn chat(mut im: ImClient, keys: Res<ButtonInput<KeyCode>>) {
+///     if keys.just_pressed(KeyCode::Enter) && im.is_logged_in() {
+///         match im.send(Outgoing::new("bob", "gg")) {
+///             Ok(fp) => info!("sent {fp:?}"),
+///             Err(code) => warn!("not sent: {code}"),
+///         }
+///     }
+/// }
+/// ```
+#[derive(SystemParam)]
+pub struct ImClient<'w> {
+    config: Res<'w, ImConfig>,
+    time: Res<'w, Time<Real>>,
+    link: Res<'w, ImLink>,
+    session: ResMut<'w, Session>,
+    qos_send: ResMut<'w, QosSendTable>,
+    qos_recv: ResMut<'w, QosReceiveFilter>,
+    keepalive: ResMut<'w, Keepalive>,
+    relogin: ResMut<'w, Relogin>,
+    out: ResMut<'w, CoreOutput>,
+}
+
+impl ImClient<'_> {
+    fn core(&mut self) -> Core<'_> {
+        Core {
+            session: &mut self.session,
+            qos_send: &mut self.qos_send,
+            qos_recv: &mut self.qos_recv,
+            keepalive: &mut self.keepalive,
+            relogin: &mut self.relogin,
+            out: &mut self.out,
+        }
+    }
+
+    /// Connects and logs in. The outcome arrives as `LoginSucceeded` or
+    /// `LoginFailed`. Fails at once with 205 when no URL is configured, or 4 for an
+    /// empty user id.
+    pub fn login(&mut self, request: LoginRequest) -> Result<(), ResultCode> {
+        if self.config.url.is_empty() {
+            return Err(ResultCode::ToServerNetInfoNotSetup);
+        }
+        let now = self.time.elapsed();
+        self.core().login(request, now)
+    }
+
+    /// Logs out (the logout frame goes out only when logged in) and releases the
+    /// session. `LoggedOut` reports the same code.
+    pub fn logout(&mut self) -> ResultCode {
+        self.core().logout()
+    }
+
+    /// Sends a message. Returns its fingerprint at once (`None` for a message with
+    /// neither QoS nor a caller fingerprint); `SendResult` reports the write, and
+    /// `MessageDelivered` or `MessagesLost` the QoS outcome. Fails at once with 1
+    /// before login, 203 after release, 4 for an empty receiver or a message over
+    /// the frame limit.
+    pub fn send(&mut self, message: Outgoing) -> Result<Option<String>, ResultCode> {
+        let now = self.time.elapsed();
+        self.core().send(message, now)
+    }
+
+    /// Stops everything and forgets the session, reporting nothing.
+    pub fn release(&mut self) {
+        self.core().release();
+    }
+
+    /// Whether the session is logged in.
+    pub fn is_logged_in(&self) -> bool {
+        self.session.is_logged_in()
+    }
+
+    /// Where the session stands.
+    pub fn state(&self) -> SessionState {
+        self.session.state()
+    }
+
+    /// The user id of the current (or last) login.
+    pub fn user_id(&self) -> Option<&str> {
+        self.session.user_id()
+    }
+
+    /// The current link, if one is open or opening.
+    pub fn link(&self) -> Option<LinkId> {
+        self.link.current()
+    }
+
+    /// How many QoS messages wait for an ACK.
+    pub fn pending_count(&self) -> usize {
+        self.qos_send.len()
+    }
+
+    /// The latest keepalive round-trip time.
+    pub fn rtt(&self) -> Option<std::time::Duration> {
+        self.keepalive.rtt()
+    }
+}

@@ -1,0 +1,587 @@
+//! The plugin, headless, over the in-memory transport, with time driven by hand.
+
+use std::time::Duration;
+
+use bevy::diagnostic::{DiagnosticPath, DiagnosticsStore};
+use bevy::ecs::system::RunSystemOnce;
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+use bevy_im::client::QosSendConfig;
+use bevy_im::plugin::diagnostics;
+use bevy_im::prelude::*;
+use bevy_im::protocol::{Frame, KickoutInfo, LoginInfo, LoginResponse, decode_body, wire};
+use bevy_im::transport::{MemoryPeer, MemoryTransport, TransportConfig};
+
+const STEP: Duration = Duration::from_millis(100);
+
+#[derive(Resource)]
+struct Got<T>(Vec<T>);
+
+fn collect<T: Message + Clone>(mut r: MessageReader<T>, mut got: ResMut<Got<T>>) {
+    got.0.extend(r.read().cloned());
+}
+
+trait Collect {
+    fn collect<T: Message + Clone>(&mut self) -> &mut Self;
+}
+
+impl Collect for App {
+    fn collect<T: Message + Clone>(&mut self) -> &mut Self {
+        self.insert_resource(Got::<T>(Vec::new()))
+            .add_systems(Update, collect::<T>)
+    }
+}
+
+/// A headless app with the plugin on a memory link, and the link's server side.
+struct Harness {
+    app: App,
+    peer: MemoryPeer,
+    dialect: Dialect,
+}
+
+impl Harness {
+    fn new(config: ImConfig) -> Self {
+        Self::with_transport(config, TransportConfig::default())
+    }
+
+    fn with_transport(config: ImConfig, transport: TransportConfig) -> Self {
+        let dialect = config.client.dialect;
+        let (t, peer) = MemoryTransport::pair_with(transport);
+        let mut app = App::new();
+        app.add_plugins(MinimalPlugins)
+            .insert_resource(TimeUpdateStrategy::ManualDuration(STEP))
+            .add_plugins(ImClientPlugin::new(config).with_transport(t));
+        app.collect::<LoginSucceeded>()
+            .collect::<LoginFailed>()
+            .collect::<LinkClosed>()
+            .collect::<DataReceived>()
+            .collect::<ServerError>()
+            .collect::<MessagesLost>()
+            .collect::<MessageDelivered>()
+            .collect::<Kicked>()
+            .collect::<ReloginStarted>()
+            .collect::<LoggedOut>()
+            .collect::<SendResult>();
+        app.update();
+        Self { app, peer, dialect }
+    }
+
+    fn config(dialect: Dialect) -> ImConfig {
+        let mut c = ImConfig::new("mem://server").dialect(dialect);
+        c.client.jitter_seed = Some(3);
+        c
+    }
+
+    fn got<T: Message + Clone>(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.app.world_mut().resource_mut::<Got<T>>().0)
+    }
+
+    fn run<O: 'static, M>(&mut self, f: impl IntoSystem<(), O, M>) -> O {
+        self.app.world_mut().run_system_once(f).unwrap()
+    }
+
+    fn step(&mut self) {
+        self.app.update();
+    }
+
+    fn steps(&mut self, n: usize) {
+        for _ in 0..n {
+            self.app.update();
+        }
+    }
+
+    fn now(&self) -> Duration {
+        self.app.world().resource::<Time<Real>>().elapsed()
+    }
+
+    /// Frames the client wrote since the last call.
+    fn wire(&self) -> Vec<Frame> {
+        self.peer
+            .take_sent()
+            .iter()
+            .map(|t| Frame::decode(t).unwrap())
+            .collect()
+    }
+
+    fn push(&self, frame: Frame) {
+        assert!(self.peer.push_text(frame.to_json()));
+    }
+
+    /// Logs `user` in: the login goes out, the server accepts it.
+    fn login(&mut self, user: &str, first_login_time: i64) {
+        let u = user.to_owned();
+        self.run(move |mut im: ImClient| im.login(LoginRequest::new(u.clone(), "token")).unwrap());
+        self.step(); // connect
+        self.step(); // opened → login frame flushed
+        let sent = self.wire();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].ty, wire::LOGIN);
+        self.push(Frame::login_response(
+            user,
+            &LoginResponse {
+                code: 0,
+                first_login_time,
+            },
+        ));
+        self.step();
+    }
+
+    fn is_logged_in(&mut self) -> bool {
+        self.run(|im: ImClient| im.is_logged_in())
+    }
+}
+
+#[test]
+fn login_reaches_the_game_as_a_message_in_the_next_update() {
+    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    h.run(|mut im: ImClient| {
+        im.login(LoginRequest::new("alice", "token").with_app("lobby"))
+            .unwrap()
+    });
+    h.step();
+    assert_eq!(h.peer.connects().len(), 1);
+    h.step();
+    let sent = h.wire();
+    let body: LoginInfo = decode_body(sent[0].data_content.as_deref()).unwrap();
+    assert_eq!(body.app.as_deref(), Some("lobby"));
+    h.push(Frame::login_response(
+        "alice",
+        &LoginResponse {
+            code: 0,
+            first_login_time: 42,
+        },
+    ));
+    assert!(h.got::<LoginSucceeded>().is_empty());
+    h.step();
+    assert_eq!(
+        h.got::<LoginSucceeded>(),
+        [LoginSucceeded {
+            user_id: "alice".into(),
+            relogin: false,
+            first_login_time: 42
+        }]
+    );
+    assert!(h.is_logged_in());
+    assert_eq!(
+        h.run(|im: ImClient| im.user_id().map(str::to_owned)),
+        Some("alice".into())
+    );
+}
+
+#[test]
+fn a_refused_login_is_reported_with_the_servers_code() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "bad")).unwrap());
+    h.steps(2);
+    h.wire();
+    h.push(Frame::login_response(
+        "alice",
+        &LoginResponse {
+            code: 1100,
+            first_login_time: -1,
+        },
+    ));
+    h.step();
+    assert_eq!(
+        h.got::<LoginFailed>(),
+        [LoginFailed {
+            code: ResultCode::Other(1100),
+            relogin: false
+        }]
+    );
+    assert!(!h.peer.is_open(), "the client closed the link");
+}
+
+#[test]
+fn what_a_game_sends_in_a_frame_leaves_in_that_frames_flush() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.login("alice", 1);
+    h.app
+        .add_systems(Update, |mut im: ImClient, mut sent: Local<bool>| {
+            if !*sent {
+                for i in 0..3 {
+                    im.send(Outgoing::new("bob", format!("m{i}"))).unwrap();
+                }
+                *sent = true;
+            }
+        });
+    h.step();
+    let frames = h.wire();
+    let contents: Vec<_> = frames.iter().map(|f| f.content().to_owned()).collect();
+    assert_eq!(contents, ["m0", "m1", "m2"]);
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.qos && f.typeu == 0 && f.from_id() == "alice")
+    );
+    // The write outcomes come from that flush, so the game reads them next Update.
+    assert!(h.got::<SendResult>().is_empty());
+    h.step();
+    let results = h.got::<SendResult>();
+    assert_eq!(results.len(), 3);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.code == ResultCode::Ok && r.fp.is_some())
+    );
+}
+
+#[test]
+fn a_qos_message_is_delivered_when_the_server_acks_it() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.login("alice", 1);
+    let fp = h
+        .run(|mut im: ImClient| im.send(Outgoing::new("bob", "hi").typeu(9)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(h.run(|im: ImClient| im.pending_count()), 1);
+    h.step();
+    let sent = h.wire();
+    assert_eq!(sent[0].fp.as_deref(), Some(&*fp));
+    assert_eq!(sent[0].typeu, 9);
+    h.push(Frame::server_ack(h.dialect, "bob", "alice", &fp));
+    h.step();
+    assert_eq!(h.got::<MessageDelivered>(), [MessageDelivered { fp }]);
+    assert_eq!(h.run(|im: ImClient| im.pending_count()), 0);
+}
+
+#[test]
+fn seed_dialect_acks_arrive_as_type_54() {
+    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    h.login("alice", 1);
+    let fp = h
+        .run(|mut im: ImClient| im.send(Outgoing::new("0", "to server")))
+        .unwrap()
+        .unwrap();
+    h.step();
+    let ack = Frame::server_ack(Dialect::Seed, "0", "alice", &fp);
+    assert_eq!(ack.ty, 54);
+    h.push(ack);
+    h.step();
+    assert_eq!(h.got::<MessageDelivered>().len(), 1);
+}
+
+#[test]
+fn a_message_without_qos_has_no_fingerprint_and_is_never_resent() {
+    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    h.login("alice", 1);
+    let fp = h
+        .run(|mut im: ImClient| im.send(Outgoing::new("bob", "fire and forget").qos(false)))
+        .unwrap();
+    assert_eq!(fp, None);
+    h.step();
+    let sent = h.wire();
+    assert!(!sent[0].qos && sent[0].fp.is_none());
+    h.steps(100);
+    assert!(h.wire().iter().all(|f| f.ty != wire::COMMON_DATA));
+    assert!(h.got::<MessagesLost>().is_empty());
+}
+
+#[test]
+fn an_unacked_message_is_resent_twice_then_reported_lost_at_the_exact_frames() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.login("alice", 1);
+    let sent_at = h.now();
+    let fp = h
+        .run(|mut im: ImClient| im.send(Outgoing::new("bob", "anyone?")))
+        .unwrap()
+        .unwrap();
+    let mut data_frames = Vec::new();
+    let mut lost_at = None;
+    for _ in 0..120 {
+        h.step();
+        let now = h.now() - sent_at;
+        for f in h.wire() {
+            if f.ty == wire::COMMON_DATA {
+                data_frames.push(now);
+            } else if f.ty == wire::KEEP_ALIVE {
+                h.push(Frame::keepalive_response("alice"));
+            }
+        }
+        if let Some(lost) = h.got::<MessagesLost>().pop() {
+            assert_eq!(lost.frames[0].fp.as_deref(), Some(&*fp));
+            assert_eq!(lost.frames[0].content(), "anyone?");
+            lost_at = Some(now);
+            break;
+        }
+    }
+    let secs: Vec<f64> = data_frames.iter().map(|d| d.as_secs_f64()).collect();
+    // Sent at once (the flush of that frame), resent at 3 s and 6 s, lost at 9 s;
+    // the lost message is written in the tick at 9 s and read in the next Update.
+    assert_eq!(secs.len(), 3, "{secs:?}");
+    assert!((secs[0] - 0.1).abs() < 1e-6, "{secs:?}");
+    assert!((secs[1] - 3.0).abs() < 0.101, "{secs:?}");
+    assert!((secs[2] - 6.0).abs() < 0.101, "{secs:?}");
+    let lost_at = lost_at.expect("reported lost").as_secs_f64();
+    assert!((9.0..=9.2).contains(&lost_at), "{lost_at}");
+    assert!(h.got::<MessageDelivered>().is_empty());
+}
+
+#[test]
+fn received_data_is_acked_deduplicated_and_kept_in_the_inbox() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.login("alice", 1);
+    let msg = Frame::data("bob", "alice", "hello alice", true, Some("fp-9".into()), 4);
+    h.push(msg.clone());
+    h.push(msg);
+    h.step();
+    let acks: Vec<_> = h
+        .wire()
+        .into_iter()
+        .filter(|f| f.ty == wire::RECEIVED)
+        .collect();
+    assert_eq!(acks.len(), 2, "both copies are ACKed");
+    assert!(
+        acks.iter()
+            .all(|a| a.content() == "fp-9" && a.to_id() == "bob")
+    );
+    let got = h.got::<DataReceived>();
+    assert_eq!(
+        got,
+        [DataReceived {
+            fp: Some("fp-9".into()),
+            from: "bob".into(),
+            content: "hello alice".into(),
+            typeu: 4
+        }]
+    );
+    let inbox: Vec<_> = h
+        .app
+        .world_mut()
+        .resource_mut::<ImInbox>()
+        .drain()
+        .collect();
+    assert_eq!(inbox, got);
+}
+
+#[test]
+fn a_dead_link_is_reported_then_relogin_succeeds_with_the_saved_time() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.login("alice", 555);
+    assert_eq!(h.got::<LoginSucceeded>().len(), 1);
+    h.peer.stall(true);
+    let mut closed_at = None;
+    for _ in 0..200 {
+        h.step();
+        if !h.got::<LinkClosed>().is_empty() {
+            closed_at = Some(h.now());
+            break;
+        }
+    }
+    // Login at 0.3 s; keepalives at 5.3 s and 10.3 s; dead 8 s after the first.
+    let closed_at = closed_at.expect("link declared dead").as_secs_f64();
+    assert!((13.3..=13.5).contains(&closed_at), "{closed_at}");
+    // The first attempt starts in the same tick as the loss, so the new link's
+    // login is already waiting behind the stall.
+    assert_eq!(h.got::<ReloginStarted>(), [ReloginStarted { attempt: 1 }]);
+    assert_eq!(h.peer.connects().len(), 2);
+    h.peer.stall(false);
+    let login = h.wire().into_iter().find(|f| f.ty == wire::LOGIN).unwrap();
+    let body: LoginInfo = decode_body(login.data_content.as_deref()).unwrap();
+    assert_eq!(body.first_login_time, 555);
+    h.push(Frame::login_response(
+        "alice",
+        &LoginResponse {
+            code: 0,
+            first_login_time: 555,
+        },
+    ));
+    h.step();
+    assert_eq!(
+        h.got::<LoginSucceeded>(),
+        [LoginSucceeded {
+            user_id: "alice".into(),
+            relogin: true,
+            first_login_time: 555
+        }]
+    );
+}
+
+fn kicked_in(dialect: Dialect) {
+    let mut h = Harness::new(Harness::config(dialect));
+    h.login("alice", 1);
+    h.push(Frame::kickout(
+        dialect,
+        "alice",
+        &KickoutInfo {
+            code: 1,
+            reason: None,
+        },
+    ));
+    h.peer.close(1000, "Bye");
+    h.step();
+    assert_eq!(
+        h.got::<Kicked>(),
+        [Kicked {
+            code: KickoutCode::DuplicateLogin,
+            reason: None
+        }]
+    );
+    assert_eq!(h.got::<LinkClosed>().len(), 1);
+    h.steps(400);
+    assert_eq!(h.peer.connects().len(), 1, "no re-login after a kickout");
+    assert!(h.got::<ReloginStarted>().is_empty());
+    assert!(!h.is_logged_in());
+}
+
+#[test]
+fn kickout_in_the_v6_dialect_stops_the_client_for_good() {
+    kicked_in(Dialect::MobileImSdkV6);
+}
+
+#[test]
+fn kickout_in_the_seed_dialect_stops_the_client_for_good() {
+    kicked_in(Dialect::Seed);
+}
+
+#[test]
+fn logout_sends_the_logout_frame_and_reports_it() {
+    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    h.login("alice", 1);
+    h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "pending")).unwrap());
+    let code = h.run(|mut im: ImClient| im.logout());
+    assert_eq!(code, ResultCode::Ok);
+    h.step();
+    let sent = h.wire();
+    assert_eq!(sent.last().unwrap().ty, wire::LOGOUT);
+    assert_eq!(
+        h.got::<LoggedOut>(),
+        [LoggedOut {
+            code: ResultCode::Ok
+        }]
+    );
+    assert!(!h.peer.is_open());
+    h.steps(150);
+    assert!(
+        h.got::<MessagesLost>().is_empty(),
+        "logout clears without reporting"
+    );
+    assert_eq!(h.peer.connects().len(), 1);
+}
+
+#[test]
+fn release_forgets_the_session_and_later_sends_get_203() {
+    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    h.login("alice", 1);
+    h.run(|mut im: ImClient| im.release());
+    h.step();
+    assert!(!h.peer.is_open());
+    assert_eq!(
+        h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x"))),
+        Err(ResultCode::ClientSdkNotInitialized)
+    );
+}
+
+#[test]
+fn every_local_error_code_is_returned_at_once_and_writes_nothing() {
+    let mut h = Harness::new(ImConfig::default());
+    assert_eq!(
+        h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "t"))),
+        Err(ResultCode::ToServerNetInfoNotSetup)
+    );
+    let mut h = Harness::with_transport(
+        Harness::config(Dialect::Seed),
+        TransportConfig {
+            max_frame_bytes: 300,
+            ..TransportConfig::default()
+        },
+    );
+    assert_eq!(
+        h.run(|mut im: ImClient| im.login(LoginRequest::new("", "t"))),
+        Err(ResultCode::InvalidProtocol)
+    );
+    assert_eq!(
+        h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x"))),
+        Err(ResultCode::NoLogin)
+    );
+    h.login("alice", 1);
+    assert_eq!(
+        h.run(|mut im: ImClient| im.send(Outgoing::new("", "x"))),
+        Err(ResultCode::InvalidProtocol)
+    );
+    assert_eq!(
+        h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x".repeat(70_000)))),
+        Err(ResultCode::InvalidProtocol)
+    );
+    h.step();
+    assert!(h.wire().is_empty());
+    // The core accepts 400 bytes but the link's limit is 300: the write fails with 3.
+    let fp = h
+        .run(|mut im: ImClient| im.send(Outgoing::new("bob", "y".repeat(400)).qos(false)))
+        .unwrap();
+    h.steps(2);
+    assert_eq!(
+        h.got::<SendResult>(),
+        [SendResult {
+            fp,
+            code: ResultCode::DataSendFailed
+        }]
+    );
+    h.run(|mut im: ImClient| im.release());
+    assert_eq!(
+        h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x"))),
+        Err(ResultCode::ClientSdkNotInitialized)
+    );
+    assert_eq!(h.run(|mut im: ImClient| im.logout()), ResultCode::NoLogin);
+}
+
+#[test]
+fn run_conditions_follow_the_session() {
+    #[derive(Resource, Default)]
+    struct Seen {
+        just_in: u32,
+        in_frames: u32,
+        just_out: u32,
+    }
+    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    h.app.init_resource::<Seen>().add_systems(
+        Update,
+        (
+            (|mut s: ResMut<Seen>| s.just_in += 1).run_if(im_just_logged_in),
+            (|mut s: ResMut<Seen>| s.in_frames += 1).run_if(im_logged_in),
+            (|mut s: ResMut<Seen>| s.just_out += 1).run_if(im_just_logged_out),
+        ),
+    );
+    h.login("alice", 1);
+    h.steps(4);
+    h.peer.drop_link();
+    h.step();
+    let seen = h.app.world().resource::<Seen>();
+    assert_eq!(seen.just_in, 1);
+    assert_eq!(seen.in_frames, 5);
+    assert_eq!(seen.just_out, 1);
+}
+
+#[test]
+fn diagnostics_report_pending_frames_and_rtt() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6).qos(QosSendConfig::default()));
+    h.login("alice", 1);
+    h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x")).unwrap());
+    for _ in 0..100 {
+        h.step();
+        if h.wire().iter().any(|f| f.ty == wire::KEEP_ALIVE) {
+            h.push(Frame::keepalive_response("alice"));
+        }
+    }
+    let store = h.app.world().resource::<DiagnosticsStore>();
+    let value = |p: &DiagnosticPath| -> f64 { store.get(p).and_then(|d| d.value()).unwrap() };
+    assert_eq!(value(&diagnostics::PENDING_QOS), 0.0, "lost by now");
+    assert_eq!(value(&diagnostics::LOST), 1.0);
+    assert_eq!(value(&diagnostics::RESENDS), 2.0);
+    assert_eq!(value(&diagnostics::RTT_MS), 100.0, "one frame of 100 ms");
+    assert!(value(&diagnostics::FRAMES_OUT) >= 5.0);
+    assert!(value(&diagnostics::FRAMES_IN) >= 2.0);
+}
+
+#[test]
+fn a_corrupt_frame_is_reported_and_the_session_survives() {
+    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    h.app.insert_resource(Got::<BadFrame>(Vec::new()));
+    h.app.add_systems(Update, collect::<BadFrame>);
+    h.login("alice", 1);
+    h.peer.corrupt_next();
+    h.push(Frame::data("bob", "alice", "x", false, None, 0));
+    h.step();
+    assert_eq!(h.got::<BadFrame>().len(), 1);
+    assert!(h.is_logged_in());
+}
