@@ -5,7 +5,7 @@
 pub mod client;
 pub mod plugin;
 pub mod protocol;
-#[cfg(feature = "server")]
+#[cfg(all(feature = "server", not(target_arch = "wasm32")))]
 pub mod server;
 pub mod transport;
 
