@@ -1,0 +1,634 @@
+//! The reference server against the captured upstream traffic: the scenarios of
+//! `tests/data/wire/*.jsonl` (a copy of the v6.5 capture) are replayed against the
+//! server in the upstream dialect, with every timing scaled down by [`SCALE`], and
+//! the server must answer with the same frames, ACKs and closes. The same scenarios
+//! run in the seed dialect with its type numbers. Scenario 02 (S2C QoS timing) and 07
+//! (the HTTP gateway) are checked by hand-written tests below.
+
+#[path = "server_support.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use bevy_im::protocol::{Dialect, Frame};
+use bevy_im::server::{AcceptAll, RejectReason, ServerConfig, ServerHandle};
+use futures_util::SinkExt;
+use futures_util::StreamExt;
+use serde_json::Value;
+use support::{Client, Event, Recorder, WAIT, config, logged_in, raw_exchange, start};
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+/// Upstream's timings (11 s read timeout) times this.
+const SCALE: f64 = 0.1;
+
+/// Every test ends within this, whatever happens.
+const BOUND: Duration = Duration::from_secs(20);
+
+fn scaled(secs: f64) -> Duration {
+    Duration::from_secs_f64(secs * SCALE)
+}
+
+fn replay_config(dialect: Dialect) -> ServerConfig {
+    let mut c = config(dialect);
+    c.read_timeout = scaled(11.0);
+    c
+}
+
+struct Line {
+    t: f64,
+    conn: String,
+    dir: String,
+    frame: String,
+    payload: String,
+    close: Option<(u16, String)>,
+    silent_for: Option<f64>,
+}
+
+fn load(name: &str) -> Vec<Line> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/wire")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            Line {
+                t: v["t"].as_f64().unwrap_or(0.0),
+                conn: s("conn"),
+                dir: s("dir"),
+                frame: s("frame"),
+                payload: s("payload"),
+                close: v["close_code_seen_by_client"].as_u64().map(|c| {
+                    (
+                        u16::try_from(c).unwrap(),
+                        v["close_reason"].as_str().unwrap_or_default().to_owned(),
+                    )
+                }),
+                silent_for: v["seconds_since_last_client_frame"].as_f64(),
+            }
+        })
+        .collect()
+}
+
+/// Rewrites every `firstLoginTime` number in `text` with `f`.
+fn map_login_times(text: &str, mut f: impl FnMut(i64) -> i64) -> String {
+    const KEY: &str = "firstLoginTime";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(KEY) {
+        let after = i + KEY.len();
+        out.push_str(&rest[..after]);
+        rest = &rest[after..];
+        let digits_at = rest
+            .find(|c: char| c.is_ascii_digit() || c == '-')
+            .unwrap_or(rest.len());
+        out.push_str(&rest[..digits_at]);
+        rest = &rest[digits_at..];
+        let end = rest
+            .char_indices()
+            .find(|(i, c)| !(c.is_ascii_digit() || (*i == 0 && *c == '-')))
+            .map_or(rest.len(), |(i, _)| i);
+        match rest[..end].parse::<i64>() {
+            Ok(n) => out.push_str(&f(n).to_string()),
+            Err(_) => out.push_str(&rest[..end]),
+        }
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn login_time_of(text: &str) -> Option<i64> {
+    let mut found = None;
+    map_login_times(text, |n| {
+        found = Some(n);
+        n
+    });
+    found
+}
+
+struct Conn {
+    client: Client,
+    last_text: Instant,
+    last_login_time: Option<i64>,
+    closed: bool,
+}
+
+/// Plays a capture against a running server.
+struct Replay {
+    url: String,
+    conns: HashMap<String, Conn>,
+    /// Server-assigned login times: (upstream's, ours).
+    times: Vec<(i64, i64)>,
+    /// Adjusts an expected server frame for a deliberate difference or the dialect.
+    expect_fix: Box<dyn Fn(&str, String) -> String>,
+    skip_conns: Vec<&'static str>,
+}
+
+impl Replay {
+    fn new(url: String) -> Self {
+        Self {
+            url,
+            conns: HashMap::new(),
+            times: Vec::new(),
+            expect_fix: Box::new(|_, s| s),
+            skip_conns: Vec::new(),
+        }
+    }
+
+    /// Upstream's login time `n` as ours: times near one the server assigned keep
+    /// their offset from it (a client presenting "older" or "newer" times).
+    fn map_time(&self, n: i64) -> i64 {
+        self.times
+            .iter()
+            .filter(|(up, _)| (n - up).abs() <= 3_600_000)
+            .min_by_key(|(up, _)| (n - up).abs())
+            .map_or(n, |(up, ours)| n - up + ours)
+    }
+
+    fn conn(&mut self, name: &str) -> &mut Conn {
+        self.conns
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("no connection {name}"))
+    }
+
+    async fn run(mut self, lines: Vec<Line>) {
+        let start = Instant::now();
+        for line in lines {
+            if line.dir == "meta" && line.frame != "handshake" {
+                continue;
+            }
+            if self.skip_conns.contains(&line.conn.as_str()) {
+                continue;
+            }
+            let due = start + scaled(line.t);
+            if line.dir == "c2s" || line.frame == "handshake" {
+                tokio::time::sleep_until(due).await;
+            }
+            let what = format!("{} {} {} {}", line.t, line.conn, line.dir, line.frame);
+            match (line.dir.as_str(), line.frame.as_str()) {
+                ("meta", "handshake") => {
+                    let client = Client::connect(&self.url).await;
+                    self.conns.insert(
+                        line.conn.clone(),
+                        Conn {
+                            client,
+                            last_text: Instant::now(),
+                            last_login_time: None,
+                            closed: false,
+                        },
+                    );
+                }
+                ("c2s", "text") => {
+                    let text = map_login_times(&line.payload, |n| self.map_time(n));
+                    let login_time = Frame::decode(&text)
+                        .ok()
+                        .filter(|f| f.ty == 0)
+                        .and_then(|f| login_time_of(f.content()));
+                    let conn = self.conn(&line.conn);
+                    if login_time.is_some() {
+                        conn.last_login_time = login_time;
+                    }
+                    conn.client.send_text(&text).await;
+                    conn.last_text = Instant::now();
+                }
+                ("c2s", "binary") => {
+                    let bytes: Vec<u8> = (0..line.payload.len())
+                        .step_by(2)
+                        .map(|i| u8::from_str_radix(&line.payload[i..i + 2], 16).unwrap())
+                        .collect();
+                    let conn = self.conn(&line.conn);
+                    conn.client
+                        .ws
+                        .send(Message::Binary(bytes.into()))
+                        .await
+                        .unwrap();
+                }
+                ("c2s", "ping") => {
+                    let conn = self.conn(&line.conn);
+                    conn.client
+                        .ws
+                        .send(Message::Ping(b"p".to_vec().into()))
+                        .await
+                        .unwrap();
+                }
+                ("c2s", "close") => {
+                    let conn = self.conn(&line.conn);
+                    let frame = CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "bye".into(),
+                    };
+                    conn.client.ws.close(Some(frame)).await.unwrap();
+                }
+                ("s2c", "pong") => {
+                    let conn = self.conn(&line.conn);
+                    let got = tokio::time::timeout(WAIT, async {
+                        loop {
+                            match conn.client.ws.next().await {
+                                Some(Ok(Message::Pong(_))) => return true,
+                                Some(Ok(Message::Ping(_))) => continue,
+                                _ => return false,
+                            }
+                        }
+                    })
+                    .await;
+                    assert_eq!(got, Ok(true), "{what}: expected a pong");
+                }
+                ("s2c", "text") => {
+                    let got = match self.conn(&line.conn).client.next_event().await {
+                        Event::Text(t) => t,
+                        other => panic!("{what}: expected {}, got {other:?}", line.payload),
+                    };
+                    self.check_text(&line, &what, got);
+                }
+                ("s2c", "close") => {
+                    let conn = self.conn(&line.conn);
+                    let since_text = conn.last_text.elapsed();
+                    let (code, reason) = conn.client.expect_close().await;
+                    conn.closed = true;
+                    let (want_code, want_reason) = line.close.clone().unwrap();
+                    assert_eq!(
+                        (code, reason.as_str()),
+                        (want_code, want_reason.as_str()),
+                        "{what}"
+                    );
+                    if let Some(silent) = line.silent_for.filter(|s| *s > 1.0) {
+                        // A close by the read timeout: not early, and not much late.
+                        let want = scaled(silent);
+                        assert!(
+                            since_text >= want.mul_f64(0.8)
+                                && since_text <= want + Duration::from_secs(1),
+                            "{what}: closed {since_text:?} after the last text frame, upstream {silent} s scaled to {want:?}"
+                        );
+                    }
+                }
+                _ => panic!("{what}: the replayer does not know this line"),
+            }
+        }
+        // Nothing more arrives where upstream sent nothing more.
+        for (name, conn) in &mut self.conns {
+            if !conn.closed {
+                if let Some(e) = conn
+                    .client
+                    .next_event_within(Duration::from_millis(150))
+                    .await
+                {
+                    panic!("{name}: unexpected {e:?} after the scenario");
+                }
+            }
+        }
+    }
+
+    fn check_text(&mut self, line: &Line, what: &str, got: String) {
+        let want = (self.expect_fix)(&line.conn, line.payload.clone());
+        let mapped = map_login_times(&want, |n| self.map_time(n));
+        if got == mapped {
+            return;
+        }
+        // A fresh login gets the server's clock: learn the pair and compare again.
+        let fresh = self.conns[&line.conn].last_login_time == Some(0);
+        if let (true, Some(up), Some(ours)) = (fresh, login_time_of(&want), login_time_of(&got)) {
+            assert!(ours > 0, "{what}: a fresh login gets a positive time");
+            self.times.push((up, ours));
+            let mapped = map_login_times(&want, |n| self.map_time(n));
+            assert_eq!(got, mapped, "{what}");
+            return;
+        }
+        assert_eq!(got, mapped, "{what}");
+    }
+}
+
+/// In the seed dialect the server's ACK is 54 and its kickout 55.
+fn to_seed_numbers(_conn: &str, expected: String) -> String {
+    let Ok(f) = Frame::decode(&expected) else {
+        return expected;
+    };
+    let ty = match f.ty {
+        4 if f.from.as_deref() != f.to.as_deref() || f.from.as_deref() == Some("0") => 54,
+        54 => 55,
+        other => other,
+    };
+    expected.replacen(&format!("\"type\":{}", f.ty), &format!("\"type\":{ty}"), 1)
+}
+
+/// `from` of data is the sender's login on our server, and so is `to` of its ACK.
+fn unspoof(_conn: &str, expected: String) -> String {
+    expected
+        .replace("\"from\":\"mallory\"", "\"from\":\"alice\"")
+        .replace("\"to\":\"mallory\"", "\"to\":\"alice\"")
+}
+
+async fn replay(
+    name: &str,
+    dialect: Dialect,
+    fix: fn(&str, String) -> String,
+    skip: Vec<&'static str>,
+) -> ServerHandle {
+    let handle = start(replay_config(dialect), AcceptAll).await;
+    let mut r = Replay::new(handle.url());
+    r.expect_fix = Box::new(move |c, s| {
+        let s = unspoof(c, s);
+        fix(c, s)
+    });
+    r.skip_conns = skip;
+    r.run(load(name)).await;
+    handle
+}
+
+fn same(_: &str, s: String) -> String {
+    s
+}
+
+async fn bounded(f: impl std::future::Future<Output = ()>) {
+    tokio::time::timeout(BOUND, f)
+        .await
+        .expect("the test finished in time");
+}
+
+#[tokio::test]
+async fn replay_01_basic_flow_v6() {
+    bounded(async {
+        let h = replay("01_basic_flow.jsonl", Dialect::MobileImSdkV6, same, vec![]).await;
+        let m = h.metrics();
+        assert_eq!(m.c2s_duplicates, 1, "the second C2S copy is a duplicate");
+        assert_eq!(m.logins_ok, 2);
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_01_basic_flow_seed() {
+    bounded(async {
+        let h = replay(
+            "01_basic_flow.jsonl",
+            Dialect::Seed,
+            to_seed_numbers,
+            vec![],
+        )
+        .await;
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_03_offline_target_v6() {
+    bounded(async {
+        let h = replay(
+            "03_offline_target.jsonl",
+            Dialect::MobileImSdkV6,
+            same,
+            vec![],
+        )
+        .await;
+        assert_eq!(h.metrics().rejected(RejectReason::NoReceiver), 1);
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_04_keepalive_timeout_v6() {
+    bounded(async {
+        let h = replay(
+            "04_keepalive_timeout.jsonl",
+            Dialect::MobileImSdkV6,
+            same,
+            vec![],
+        )
+        .await;
+        assert_eq!(h.metrics().rejected(RejectReason::ReadTimeout), 3);
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_05_duplicate_login_v6() {
+    bounded(async {
+        let h = replay(
+            "05_duplicate_login.jsonl",
+            Dialect::MobileImSdkV6,
+            same,
+            vec![],
+        )
+        .await;
+        assert_eq!(h.metrics().kickouts, 3);
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_05_duplicate_login_seed() {
+    bounded(async {
+        let h = replay(
+            "05_duplicate_login.jsonl",
+            Dialect::Seed,
+            to_seed_numbers,
+            vec![],
+        )
+        .await;
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn replay_06_errors_and_garbage_v6() {
+    bounded(async {
+        // Upstream closes on a fragmented message; ours reassembles it (see
+        // server_extensions.rs), so that connection is left out here.
+        let h = replay(
+            "06_errors_and_garbage.jsonl",
+            Dialect::MobileImSdkV6,
+            same,
+            vec!["after_login_fragmented_message"],
+        )
+        .await;
+        let m = h.metrics();
+        assert_eq!(m.rejected(RejectReason::NotLoggedIn), 3);
+        assert_eq!(m.rejected(RejectReason::BinaryFrame), 1);
+        assert_eq!(m.rejected(RejectReason::FrameTooLarge), 1);
+        assert_eq!(
+            m.rejected(RejectReason::BadLogin),
+            3,
+            "no user id, not JSON, {{}}"
+        );
+        assert_eq!(
+            m.rejected(RejectReason::BadFrame),
+            4,
+            "null, array, two garbage texts"
+        );
+        assert_eq!(m.rejected(RejectReason::UnknownType), 3, "99 twice and 50");
+        h.shutdown().await;
+    })
+    .await;
+}
+
+/// Scenario 02 with the QoS clock scaled down: a receiver that never ACKs gets the
+/// original and one resend, the sender exactly one relay ACK, and the loss is
+/// reported; an ACK after the resend stops it; an immediate ACK means no resend.
+#[tokio::test]
+async fn s2c_qos_resend_and_loss_02() {
+    bounded(async {
+        let mut c = config(Dialect::MobileImSdkV6);
+        c.s2c_qos.resend_after = Duration::from_millis(300);
+        c.s2c_qos.lost_after = Duration::from_millis(300);
+        let hooks = Recorder::new();
+        let h = start(c, hooks.clone()).await;
+        let mut alice = logged_in(&h.url(), "alice").await;
+        let mut bob = logged_in(&h.url(), "bob").await;
+
+        // Never ACKed.
+        let sent = Instant::now();
+        let msg = Frame::data("alice", "bob", "no-ack test 0", true, None, -1);
+        alice.send(&msg).await;
+        let first = bob.recv_text().await;
+        assert_eq!(first, msg.to_json());
+        let ack = alice.recv().await;
+        assert_eq!((ack.ty, ack.content()), (4, msg.fp.as_deref().unwrap()));
+        let second = bob.recv_text().await;
+        let gap = sent.elapsed();
+        assert_eq!(second, first, "the resend is the same frame");
+        assert!(gap >= Duration::from_millis(250), "resent after {gap:?}");
+        bob.expect_silence(Duration::from_millis(700)).await;
+        alice.expect_silence(Duration::from_millis(10)).await;
+        let lost = hooks.lost.lock().unwrap().clone();
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].0, "bob");
+        assert_eq!(lost[0].1.fp, msg.fp);
+
+        // ACK after the resend.
+        let msg = Frame::data("alice", "bob", "ack-the-resend", true, None, -1);
+        alice.send(&msg).await;
+        assert_eq!(bob.recv().await.fp, msg.fp);
+        assert_eq!(alice.recv().await.ty, 4);
+        assert_eq!(bob.recv().await.fp, msg.fp);
+        bob.send(&Frame::ack_of(&msg).unwrap()).await;
+        bob.expect_silence(Duration::from_millis(700)).await;
+
+        // ACK at once.
+        let msg = Frame::data("alice", "bob", "ack-at-once", true, None, -1);
+        alice.send(&msg).await;
+        let got = bob.recv().await;
+        bob.send(&Frame::ack_of(&got).unwrap()).await;
+        assert_eq!(alice.recv().await.ty, 4);
+        bob.expect_silence(Duration::from_millis(700)).await;
+        alice.expect_silence(Duration::from_millis(10)).await;
+
+        let m = h.metrics();
+        assert_eq!((m.qos_resends, m.qos_lost), (2, 1));
+        assert_eq!(hooks.lost.lock().unwrap().len(), 1);
+        h.shutdown().await;
+    })
+    .await;
+}
+
+/// Scenario 02 in the seed dialect: the relay ACK is type 54.
+#[tokio::test]
+async fn relay_ack_is_54_in_the_seed_dialect() {
+    bounded(async {
+        let h = start(config(Dialect::Seed), AcceptAll).await;
+        let mut alice = logged_in(&h.url(), "alice").await;
+        let mut bob = logged_in(&h.url(), "bob").await;
+        let msg = Frame::data("alice", "bob", "hi", true, None, 0);
+        alice.send(&msg).await;
+        assert_eq!(bob.recv_text().await, msg.to_json());
+        let ack = alice.recv().await;
+        assert_eq!(
+            ack.to_json(),
+            Frame::server_ack(Dialect::Seed, "bob", "alice", msg.fp.as_deref().unwrap()).to_json()
+        );
+        assert_eq!(ack.ty, 54);
+        let c2s = Frame::data("alice", "0", "to server", true, None, 0);
+        alice.send(&c2s).await;
+        let ack = alice.recv().await;
+        assert_eq!((ack.ty, ack.from_id(), ack.to_id()), (54, "0", "alice"));
+        h.shutdown().await;
+    })
+    .await;
+}
+
+const UPGRADE: &str = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+/// Scenario 07: the exact path and only it; the reply headers; plain HTTP.
+#[tokio::test]
+async fn gateway_http_07() {
+    bounded(async {
+        let mut c = config(Dialect::MobileImSdkV6);
+        c.read_timeout = scaled(11.0);
+        let h = start(c, AcceptAll).await;
+        let addr = h.local_addr();
+        let upgraded = "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let req = format!("GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n{UPGRADE}\r\n");
+        let (got, _) = raw_exchange(addr, &req, Duration::from_millis(300)).await;
+        assert_eq!(got, upgraded);
+
+        // Wrong paths: no answer at all, then dropped after the read timeout.
+        for path in ["/websocket?uid=1", "/websocket/", "/", "/ws"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n{UPGRADE}\r\n");
+            let t = Instant::now();
+            let (got, closed) = raw_exchange(addr, &req, scaled(11.0) + Duration::from_secs(1)).await;
+            assert_eq!(got, "", "{path}");
+            assert!(closed, "{path}: dropped after the read timeout");
+            assert!(t.elapsed() >= scaled(11.0).mul_f64(0.8), "{path}: held {:?}", t.elapsed());
+        }
+
+        // A subprotocol is not echoed; permessage-deflate is not negotiated.
+        let req = format!(
+            "GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n{UPGRADE}Sec-WebSocket-Protocol: mobileimsdk\r\n\r\n"
+        );
+        assert_eq!(raw_exchange(addr, &req, Duration::from_millis(300)).await.0, upgraded);
+        let req = format!(
+            "GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n{UPGRADE}Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        );
+        assert_eq!(raw_exchange(addr, &req, Duration::from_millis(300)).await.0, upgraded);
+
+        // Plain HTTP on the path.
+        let (got, closed) = raw_exchange(
+            addr,
+            "GET /websocket HTTP/1.1\r\nHost: 127.0.0.1:3000\r\n\r\n",
+            Duration::from_millis(500),
+        )
+        .await;
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+        assert!(got.ends_with("\r\n\r\nnot a WebSocket handshake request: missing upgrade"), "{got}");
+        assert!(closed);
+
+        let m = h.metrics();
+        assert_eq!(m.rejected(RejectReason::WrongPath), 4);
+        assert_eq!(m.rejected(RejectReason::NotWebSocket), 1);
+
+        // A client close is echoed.
+        let mut client = Client::connect(&h.url()).await;
+        client
+            .ws
+            .close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() }))
+            .await
+            .unwrap();
+        assert_eq!(client.next_event().await, Event::Close(1000, "bye".into()));
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[test]
+fn login_times_are_rewritten_inside_escaped_bodies() {
+    let text =
+        r#"{"type":0,"dataContent":"{\"loginUserId\":\"a\",\"firstLoginTime\":1795643546796}"}"#;
+    let out = map_login_times(text, |n| n - 1795643546796 + 7);
+    assert_eq!(
+        out,
+        r#"{"type":0,"dataContent":"{\"loginUserId\":\"a\",\"firstLoginTime\":7}"}"#
+    );
+    assert_eq!(login_time_of(&out), Some(7));
+}
