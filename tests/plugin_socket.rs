@@ -1,0 +1,209 @@
+//! The plugin over real sockets on 127.0.0.1 against the reference server in the
+//! same process. Time in the apps is driven by hand; only I/O takes real time, and
+//! every wait is bounded.
+#![cfg(all(feature = "server", not(target_arch = "wasm32")))]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bevy::ecs::system::RunSystemOnce;
+use bevy::prelude::*;
+use bevy::time::TimeUpdateStrategy;
+use bevy_im::prelude::*;
+use bevy_im::server::{AcceptAll, RunningServer, ServerConfig, spawn_background};
+
+/// Everything a client app heard, in order.
+#[derive(Resource, Default, Debug)]
+struct Heard {
+    logins: Vec<LoginSucceeded>,
+    data: Vec<DataReceived>,
+    delivered: Vec<String>,
+    lost: Vec<String>,
+    closed: usize,
+}
+
+fn listen(
+    mut heard: ResMut<Heard>,
+    mut ok: MessageReader<LoginSucceeded>,
+    mut data: MessageReader<DataReceived>,
+    mut delivered: MessageReader<MessageDelivered>,
+    mut lost: MessageReader<MessagesLost>,
+    mut closed: MessageReader<LinkClosed>,
+) {
+    heard.logins.extend(ok.read().cloned());
+    heard.data.extend(data.read().cloned());
+    heard
+        .delivered
+        .extend(delivered.read().map(|m| m.fp.clone()));
+    for m in lost.read() {
+        heard
+            .lost
+            .extend(m.frames.iter().filter_map(|f| f.fp.clone()));
+    }
+    heard.closed += closed.read().count();
+}
+
+fn server_at(addr: SocketAddr, dialect: Dialect) -> RunningServer {
+    let mut config = ServerConfig::default();
+    config.listen = addr;
+    config.dialect = dialect;
+    config.shutdown_timeout = Duration::from_secs(2);
+    // A restart may find the port briefly busy; retry for a bounded time.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match spawn_background(config.clone(), AcceptAll) {
+            Ok(s) => return s,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("bind {addr}: {e}; retrying");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("bind {addr}: {e}"),
+        }
+    }
+}
+
+fn client(url: &str, dialect: Dialect, user: &str) -> App {
+    let mut app = App::new();
+    let mut config = ImConfig::new(url).dialect(dialect);
+    config.client.jitter_seed = Some(9);
+    app.add_plugins(MinimalPlugins)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
+            50,
+        )))
+        .add_plugins(ImClientPlugin::new(config))
+        .init_resource::<Heard>()
+        .add_systems(Update, listen);
+    app.update();
+    let user = user.to_owned();
+    app.world_mut()
+        .run_system_once(move |mut im: ImClient| {
+            im.login(LoginRequest::new(user.clone(), "token")).unwrap()
+        })
+        .unwrap();
+    app
+}
+
+/// Updates every app until `done` holds for all of them, for at most 10 s of real time.
+fn pump(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done(apps) {
+        assert!(Instant::now() < deadline, "timed out");
+        for app in apps.iter_mut() {
+            app.update();
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn heard(app: &App) -> &Heard {
+    app.world().resource::<Heard>()
+}
+
+fn send(app: &mut App, to: &str, text: &str) -> String {
+    let (to, text) = (to.to_owned(), text.to_owned());
+    app.world_mut()
+        .run_system_once(move |mut im: ImClient| {
+            im.send(Outgoing::new(to.clone(), text.clone())).unwrap()
+        })
+        .unwrap()
+        .unwrap()
+}
+
+fn two_apps_chat_both_ways(dialect: Dialect) {
+    let server = server_at("127.0.0.1:0".parse().unwrap(), dialect);
+    let mut alice = client(&server.url(), dialect, "alice");
+    let mut bob = client(&server.url(), dialect, "bob");
+    pump(&mut [&mut alice, &mut bob], |a| {
+        a.iter().all(|app| heard(app).logins.len() == 1)
+    });
+    let to_bob = send(&mut alice, "bob", "hi bob");
+    let to_alice = send(&mut bob, "alice", "hi alice");
+    pump(&mut [&mut alice, &mut bob], |a| {
+        a.iter()
+            .all(|app| heard(app).delivered.len() == 1 && heard(app).data.len() == 1)
+    });
+    assert_eq!(heard(&alice).delivered, [to_bob.clone()]);
+    assert_eq!(heard(&bob).delivered, [to_alice.clone()]);
+    let got = &heard(&bob).data[0];
+    assert_eq!(
+        (got.from.as_str(), got.content.as_str(), got.fp.as_deref()),
+        ("alice", "hi bob", Some(&*to_bob))
+    );
+    let got = &heard(&alice).data[0];
+    assert_eq!(
+        (got.from.as_str(), got.content.as_str()),
+        ("bob", "hi alice")
+    );
+    assert_eq!(server.handle().online_users().len(), 2);
+    server.shutdown();
+}
+
+#[test]
+fn two_apps_chat_both_ways_with_qos_in_the_seed_dialect() {
+    two_apps_chat_both_ways(Dialect::Seed);
+}
+
+#[test]
+fn two_apps_chat_both_ways_with_qos_in_the_v6_dialect() {
+    two_apps_chat_both_ways(Dialect::MobileImSdkV6);
+}
+
+#[test]
+fn a_client_survives_a_server_restart_and_settles_what_was_pending() {
+    let dialect = Dialect::MobileImSdkV6;
+    let server = server_at("127.0.0.1:0".parse().unwrap(), dialect);
+    let addr = server.local_addr();
+    let url = server.url();
+    let mut alice = client(&url, dialect, "alice");
+    let mut bob = client(&url, dialect, "bob");
+    pump(&mut [&mut alice, &mut bob], |a| {
+        a.iter().all(|app| heard(app).logins.len() == 1)
+    });
+
+    // A message goes out in the same frame the server goes away: it may or may not
+    // have reached bob; either way alice must hear exactly one outcome.
+    let pending = send(&mut alice, "bob", "in flight");
+    alice.update();
+    server.shutdown();
+    pump(&mut [&mut alice, &mut bob], |a| {
+        a.iter().all(|app| heard(app).closed >= 1)
+    });
+
+    let server = server_at(addr, dialect);
+    pump(&mut [&mut alice, &mut bob], |a| {
+        a.iter().all(|app| heard(app).logins.len() == 2)
+    });
+    for app in [&alice, &bob] {
+        let relogin = &heard(app).logins[1];
+        assert!(relogin.relogin, "the second login is a re-login");
+    }
+    pump(&mut [&mut alice, &mut bob], |a| {
+        let h = heard(a[0]);
+        h.delivered.contains(&pending) || h.lost.contains(&pending)
+    });
+    let h = heard(&alice);
+    assert!(
+        h.delivered.contains(&pending) ^ h.lost.contains(&pending),
+        "exactly one outcome: {h:?}"
+    );
+    let copies = heard(&bob)
+        .data
+        .iter()
+        .filter(|d| d.fp.as_deref() == Some(&*pending))
+        .count();
+    assert!(copies <= 1, "never delivered twice");
+    if h.delivered.contains(&pending) {
+        assert_eq!(copies, 1, "a delivered message reached bob");
+    }
+
+    // And the link works again, both ways.
+    let after = send(&mut alice, "bob", "after the restart");
+    pump(&mut [&mut alice, &mut bob], |a| {
+        heard(a[0]).delivered.contains(&after)
+            && heard(a[1])
+                .data
+                .iter()
+                .any(|d| d.content == "after the restart")
+    });
+    server.shutdown();
+}
