@@ -96,6 +96,8 @@ fn start_server(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Sender<Seen>) {
     let headers = seen.clone();
+    // The callback's type is tungstenite's; its error type is not ours to shrink.
+    #[expect(clippy::result_large_err)]
     let check = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let _ = headers.send(Seen::Handshake {
             subprotocol: req.headers().contains_key("sec-websocket-protocol"),
