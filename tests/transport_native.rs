@@ -63,7 +63,8 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// An echo server with a few commands: `close CODE REASON`, `binary N`, `big N` (a text
-/// frame of N bytes), `burst N` (N numbered frames); anything else is echoed as `echo:`.
+/// frame of N bytes), `burst N` (N numbered frames), `drop` (hang up without a close
+/// frame); anything else is echoed as `echo:`.
 fn start_server(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
     let rt = runtime();
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
@@ -122,6 +123,10 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Sender<Seen>)
             text.strip_prefix(prefix)
                 .and_then(|n| n.parse::<usize>().ok())
         };
+        if text == "drop" {
+            // Hang up without a close frame.
+            return;
+        }
         let sent = if let Some(rest) = text.strip_prefix("close ") {
             let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
             let code: u16 = code.parse().unwrap_or(1000);
@@ -264,6 +269,22 @@ fn server_close_reports_code_and_reason() {
     assert!(matches!(server.next_seen(), Seen::Handshake { .. }));
     assert_eq!(server.next_seen(), Seen::Text("close 4000 bye now".into()));
     assert_eq!(server.next_seen(), Seen::Close(Some(4000)));
+}
+
+#[test]
+fn a_hang_up_without_close_frame_is_a_protocol_error() {
+    let server = start_server(None);
+    let mut t = NativeTransport::default();
+    let link = LinkId(6);
+    open(&mut t, link, &server.url());
+    t.send(link, "drop".into()).expect("send");
+    let (error, closed) = failure(&mut t, link);
+    assert!(matches!(error, TransportError::Protocol(_)), "{error:?}");
+    assert!(
+        matches!(closed, TransportEvent::Closed { code: None, .. }),
+        "{closed:?}"
+    );
+    assert_eq!(t.send(link, "late".into()), Err(TransportError::NotOpen));
 }
 
 #[test]
