@@ -444,11 +444,15 @@ async fn a_fragmented_message_is_reassembled() {
         let mut c = logged_in(&h.url(), "ufrag").await;
         let text = Frame::echo("ufrag", "fragmented").to_json();
         let (a, b) = text.split_at(text.len() / 2);
-        let mut first = FrameHeader::default();
-        first.is_final = false;
-        first.opcode = OpCode::Data(Data::Text);
-        let mut second = FrameHeader::default();
-        second.opcode = OpCode::Data(Data::Continue);
+        let first = FrameHeader {
+            is_final: false,
+            opcode: OpCode::Data(Data::Text),
+            ..FrameHeader::default()
+        };
+        let second = FrameHeader {
+            opcode: OpCode::Data(Data::Continue),
+            ..FrameHeader::default()
+        };
         c.ws.send(Message::Frame(WsFrame::from_payload(
             first,
             a.as_bytes().to_vec().into(),

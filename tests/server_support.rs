@@ -19,13 +19,14 @@ pub const WAIT: Duration = Duration::from_secs(3);
 /// A config for tests: an ephemeral port, the given dialect, a read timeout long
 /// enough not to interfere (tests of the timeout scale it down further).
 pub fn config(dialect: Dialect) -> ServerConfig {
-    let mut c = ServerConfig::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.dialect = dialect;
-    c.read_timeout = Duration::from_secs(5);
-    c.close_linger = Duration::from_millis(300);
-    c.shutdown_timeout = Duration::from_secs(2);
-    c
+    ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        dialect,
+        read_timeout: Duration::from_secs(5),
+        close_linger: Duration::from_millis(300),
+        shutdown_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    }
 }
 
 /// Binds and serves in the current runtime.

@@ -121,6 +121,9 @@ struct Conn {
     closed: bool,
 }
 
+/// Rewrites an expected server frame (connection name, frame text).
+type ExpectFix = Box<dyn Fn(&str, String) -> String>;
+
 /// Plays a capture against a running server.
 struct Replay {
     url: String,
@@ -128,7 +131,7 @@ struct Replay {
     /// Server-assigned login times: (upstream's, ours).
     times: Vec<(i64, i64)>,
     /// Adjusts an expected server frame for a deliberate difference or the dialect.
-    expect_fix: Box<dyn Fn(&str, String) -> String>,
+    expect_fix: ExpectFix,
     skip_conns: Vec<&'static str>,
 }
 
@@ -274,14 +277,13 @@ impl Replay {
         }
         // Nothing more arrives where upstream sent nothing more.
         for (name, conn) in &mut self.conns {
-            if !conn.closed {
-                if let Some(e) = conn
+            if !conn.closed
+                && let Some(e) = conn
                     .client
                     .next_event_within(Duration::from_millis(150))
                     .await
-                {
-                    panic!("{name}: unexpected {e:?} after the scenario");
-                }
+            {
+                panic!("{name}: unexpected {e:?} after the scenario");
             }
         }
     }

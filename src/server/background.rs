@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 
 use super::config::ServerConfig;
 use super::hooks::ServerHooks;
-use super::server::{Server, ServerHandle};
+use super::serve::{Server, ServerHandle};
 
 /// A server running on a background thread, started by [`spawn_background`].
 ///

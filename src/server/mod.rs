@@ -56,7 +56,7 @@ mod config;
 mod handshake;
 mod hooks;
 mod metrics;
-mod server;
+mod serve;
 mod session;
 mod state;
 
@@ -64,7 +64,7 @@ pub use background::{RunningServer, spawn_background};
 pub use config::{PemSource, RateLimit, S2cQosConfig, ServerConfig, ServerSenseMode, TlsConfig};
 pub use hooks::{AcceptAll, LogoutReason, ServerHooks};
 pub use metrics::{MetricsSnapshot, RejectReason};
-pub use server::{PushError, Server, ServerHandle};
+pub use serve::{PushError, Server, ServerHandle};
 
 /// The `errorCode` of the error frame (type 52) that answers a frame over the rate
 /// limit. Outside the seed's code table (0–4, 201–205, 301); 429 as in HTTP's
