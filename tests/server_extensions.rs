@@ -741,3 +741,42 @@ fn background_server_serves_and_stops_on_drop() {
     c.listen = taken.local_addr().unwrap();
     assert!(spawn_background(c, AcceptAll).is_err());
 }
+
+#[tokio::test]
+async fn nobody_logs_in_as_the_server() {
+    bounded(async {
+        let h = start(v6(), AcceptAll).await;
+        let mut c = Client::connect(&h.url()).await;
+        c.send(&support::login("0", 0)).await;
+        assert_eq!(c.expect_close().await, (1000, "Bye".into()));
+        assert_eq!(h.metrics().rejected(RejectReason::BadLogin), 1);
+        assert!(h.online_users().is_empty());
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped() {
+    bounded(async {
+        let mut c = v6();
+        c.read_timeout = Duration::from_millis(500);
+        let hooks = Recorder::new();
+        let h = start(c, hooks.clone()).await;
+        // Logged in, then never polled again: nothing it is sent gets read.
+        let _stalled = logged_in(&h.url(), "slow").await;
+        let chunk = "s".repeat(60_000);
+        for _ in 0..400 {
+            if h.push("slow", chunk.clone(), false, 0).is_err() {
+                break;
+            }
+        }
+        eventually("the write timeout", || {
+            h.metrics().rejected(RejectReason::WriteTimeout) == 1
+        })
+        .await;
+        eventually("slow offline", || !h.is_online("slow")).await;
+        h.shutdown().await;
+    })
+    .await;
+}

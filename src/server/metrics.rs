@@ -32,7 +32,7 @@ pub enum RejectReason {
     BadFrame,
     /// A WebSocket protocol violation (bad masking, invalid UTF-8, bad opcode).
     ProtocolViolation,
-    /// A login without a readable `PLoginInfo` or user id.
+    /// A login without a readable `PLoginInfo` or user id, or as the server's id `"0"`.
     BadLogin,
     /// A login the hook refused.
     LoginRefused,
@@ -50,11 +50,13 @@ pub enum RejectReason {
     OutboundQueueFull,
     /// No text frame within the read timeout.
     ReadTimeout,
+    /// The peer did not take our frames within the read timeout.
+    WriteTimeout,
 }
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectReason; 18] = [
+    pub const ALL: [RejectReason; 19] = [
         Self::WrongPath,
         Self::NotWebSocket,
         Self::BadHandshake,
@@ -73,6 +75,7 @@ impl RejectReason {
         Self::PendingS2cFull,
         Self::OutboundQueueFull,
         Self::ReadTimeout,
+        Self::WriteTimeout,
     ];
 
     /// The metric label.
@@ -96,6 +99,7 @@ impl RejectReason {
             Self::PendingS2cFull => "pending_s2c_full",
             Self::OutboundQueueFull => "outbound_queue_full",
             Self::ReadTimeout => "read_timeout",
+            Self::WriteTimeout => "write_timeout",
         }
     }
 
@@ -161,7 +165,7 @@ pub(crate) struct Metrics {
     pub qos_lost: AtomicU64,
     frames_in: [AtomicU64; 7],
     frames_out: [AtomicU64; 8],
-    rejected: [AtomicU64; 18],
+    rejected: [AtomicU64; 19],
 }
 
 impl Metrics {

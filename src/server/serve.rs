@@ -16,7 +16,7 @@ use super::hooks::ServerHooks;
 use super::metrics::{MetricsSnapshot, RejectReason, serve_metrics};
 use super::session::{self, ConnectionGuard};
 use super::state::{Command, DeliverError, Outgoing, Shared};
-use crate::protocol::{Frame, KickoutCode, ServerKind, UNSET_ID};
+use crate::protocol::{Frame, KickoutCode, ServerKind};
 
 /// Why [`ServerHandle::push`] could not hand a frame to a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -346,7 +346,7 @@ impl ServerHandle {
         state
             .sessions
             .values()
-            .filter(|e| e.user.as_deref() == Some(user) && user != UNSET_ID)
+            .filter(|e| e.user.as_deref() == Some(user))
             .filter(|e| {
                 e.tx.send(Command::Kick {
                     code: KickoutCode::Admin,

@@ -223,7 +223,13 @@ impl Session {
     fn login(&mut self, frame: &Frame) -> Step {
         let shared = self.shared.clone();
         let info: LoginInfo = match decode_body::<LoginInfo>(frame.data_content.as_deref()) {
-            Ok(info) if !info.login_user_id.is_empty() => info,
+            // "0" is the server: a user with that id could pass for it.
+            Ok(info)
+                if !info.login_user_id.is_empty()
+                    && info.login_user_id != crate::protocol::SERVER_ID =>
+            {
+                info
+            }
             _ => {
                 shared.metrics.reject(RejectReason::BadLogin);
                 return Step::bye(LogoutReason::Closed);
@@ -330,6 +336,7 @@ impl Session {
                 }
             }
         }
+        tracing::debug!(session = self.id, %user, first_login_time = t, kick_self, "logged in");
         self.user = Some(user.clone());
         self.first_login_time = t;
         self.run_hooks(calls);
@@ -575,7 +582,7 @@ where
     let _ = timeout(linger, async { while let Some(Ok(_)) = ws.next().await {} }).await;
 }
 
-async fn write_out<S>(
+async fn write_all<S>(
     ws: &mut WebSocketStream<S>,
     metrics: &Metrics,
     out: impl IntoIterator<Item = Outgoing>,
@@ -593,6 +600,31 @@ where
         ws.flush().await?;
     }
     Ok(())
+}
+
+/// Writes frames; false when the socket failed or the peer has not taken them within
+/// the read timeout (a client that stops reading cannot hold a task forever).
+async fn write_out<S>(
+    ws: &mut WebSocketStream<S>,
+    shared: &Shared,
+    out: impl IntoIterator<Item = Outgoing>,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match timeout(
+        shared.config.read_timeout,
+        write_all(ws, &shared.metrics, out),
+    )
+    .await
+    {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            shared.metrics.reject(RejectReason::WriteTimeout);
+            false
+        }
+    }
 }
 
 async fn serve_socket<S>(
@@ -633,7 +665,7 @@ async fn serve_socket<S>(
             cmd = rx.recv() => match cmd {
                 Some(Command::Send(out)) => {
                     queued.fetch_sub(1, Ordering::Relaxed);
-                    if write_out(&mut ws, &shared.metrics, [out]).await.is_err() {
+                    if !write_out(&mut ws, &shared, [out]).await {
                         break;
                     }
                 }
@@ -646,7 +678,7 @@ async fn serve_socket<S>(
                     );
                     Metrics::inc(&shared.metrics.kickouts);
                     let out = Outgoing { text: kick.to_json(), kind: ServerKind::Kickout };
-                    if write_out(&mut ws, &shared.metrics, [out]).await.is_ok() {
+                    if write_out(&mut ws, &shared, [out]).await {
                         send_close(&mut ws, 1000, BYE, linger).await;
                     }
                     cleanup.end = LogoutReason::Kicked(code);
@@ -692,7 +724,7 @@ async fn serve_socket<S>(
                     Some(Err(_)) => break,
                 };
                 let out: Vec<Outgoing> = session.out.drain(..).collect();
-                if write_out(&mut ws, &shared.metrics, out).await.is_err() {
+                if !write_out(&mut ws, &shared, out).await {
                     break;
                 }
                 if let Step::Close { code, reason, end } = step {
@@ -709,6 +741,7 @@ async fn serve_socket<S>(
             }
         }
     }
+    tracing::debug!(session = id, user = ?session.user, end = ?cleanup.end, "session ended");
     drop(session);
     drop(cleanup);
 }
