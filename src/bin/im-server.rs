@@ -4,7 +4,7 @@
 //! im-server --listen 0.0.0.0:3000 --dialect mobileimsdk-v6 --sense-mode 5s \
 //!           --metrics 127.0.0.1:9100 --log-level info
 //! ```
-//! Ctrl-C shuts it down gracefully.
+//! Ctrl-C or SIGTERM shuts it down gracefully.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ use clap::Parser;
 
 /// The reference MobileIMSDK server over WebSocket (path `/websocket`).
 #[derive(Debug, Parser)]
-#[command(name = "im-server", version, about)]
+#[command(name = "im-server", version)]
 struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:3000")]
@@ -72,6 +72,22 @@ impl Args {
     }
 }
 
+/// Resolves on Ctrl-C, or on SIGTERM where there is one (service managers send it).
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let filter = match tracing_subscriber::EnvFilter::try_new(&args.log_level) {
@@ -106,9 +122,8 @@ fn main() -> ExitCode {
             tracing::info!("metrics at http://{addr}/metrics");
         }
         let serving = tokio::spawn(server.serve());
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!("shutting down");
-        }
+        stop_signal().await;
+        tracing::info!("shutting down");
         handle.shutdown().await;
         let _ = serving.await;
         ExitCode::SUCCESS

@@ -189,6 +189,10 @@ impl Server {
             }
         }
         drop(listener);
+        tracing::debug!(
+            sessions = connections.len(),
+            "stopped accepting; closing sessions"
+        );
         let bound = shared.config.shutdown_timeout;
         let drained = tokio::time::timeout(bound, async {
             while connections.join_next().await.is_some() {}
@@ -202,6 +206,7 @@ impl Server {
         }
         connections.shutdown().await;
         background.shutdown().await;
+        tracing::debug!("stopped");
         shared.stopped.send_replace(true);
     }
 }
