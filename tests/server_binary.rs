@@ -1,0 +1,110 @@
+//! The `im-server` binary: it starts from its command line, serves, exposes metrics,
+//! and shuts down cleanly on SIGTERM.
+#![cfg(unix)]
+
+#[path = "server_support.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bevy_im::protocol::Frame;
+use support::{logged_in, raw_exchange};
+
+#[test]
+fn im_server_serves_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--dialect",
+            "mobileimsdk-v6",
+            "--sense-mode",
+            "3s",
+            "--log-level",
+            "info",
+        ])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start im-server");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut url = None;
+    let mut metrics = None;
+    while url.is_none() || metrics.is_none() {
+        let line = lines.next().expect("a log line").unwrap();
+        if let Some(i) = line.find("ws://") {
+            url = Some(line[i..].split_whitespace().next().unwrap().to_owned());
+        }
+        if let Some(i) = line.find("http://") {
+            let addr = line[i + 7..].trim_end_matches("/metrics").to_owned();
+            metrics = Some(addr.parse::<std::net::SocketAddr>().unwrap());
+        }
+    }
+    let url = url.unwrap();
+    assert!(url.ends_with("/websocket"), "{url}");
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut alice = logged_in(&url, "alice").await;
+            let mut bob = logged_in(&url, "bob").await;
+            let m = Frame::data("alice", "bob", "hi", true, None, 0);
+            alice.send(&m).await;
+            assert_eq!(bob.recv().await.content(), "hi");
+            let ack = alice.recv().await;
+            assert_eq!(ack.ty, 4, "the v6 dialect was chosen on the command line");
+            let (text, _) = raw_exchange(
+                metrics.unwrap(),
+                "GET /metrics HTTP/1.1\r\n\r\n",
+                Duration::from_secs(2),
+            )
+            .await;
+            assert!(text.contains("\nim_users_online 2\n"), "{text}");
+        })
+        .await
+        .expect("in time");
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("im-server did not stop on SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+#[test]
+fn im_server_rejects_bad_arguments() {
+    let out = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .args(["--sense-mode", "4s"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown sense mode"));
+    let out = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .args(["--dialect", "v7"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dialect"));
+}
