@@ -249,7 +249,11 @@ async fn qos_loop(shared: Arc<Shared>) {
         let (lost, next) = shared.run_qos_deadlines(Instant::now());
         for (user, frame) in lost {
             tracing::debug!(%user, fp = ?frame.fp, "server-to-client QoS frame lost");
-            shared.hooks.on_s2c_lost(&user, &frame);
+            // A panicking hook must not stop every other user's resends.
+            let call = std::panic::AssertUnwindSafe(|| shared.hooks.on_s2c_lost(&user, &frame));
+            if std::panic::catch_unwind(call).is_err() {
+                tracing::error!(%user, "the on_s2c_lost hook panicked");
+            }
         }
         let next = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
