@@ -126,7 +126,7 @@ async fn rate_limit_answers_with_an_error_frame_and_keeps_the_socket() {
     bounded(async {
         let mut c = v6();
         c.rate_limit = Some(RateLimit {
-            per_second: 5,
+            per_second: 2,
             burst: 5,
         });
         let h = start(c, AcceptAll).await;
@@ -159,7 +159,7 @@ async fn rate_limit_answers_with_an_error_frame_and_keeps_the_socket() {
         );
         assert_eq!(h.metrics().rejected(RejectReason::RateLimited), 5);
         // The bucket refills and the socket is still usable.
-        tokio::time::sleep(Duration::from_millis(450)).await;
+        tokio::time::sleep(Duration::from_millis(600)).await;
         client.send(&Frame::echo("x", "later")).await;
         assert_eq!(client.recv().await.ty, 53);
         h.shutdown().await;
