@@ -42,7 +42,9 @@
 //!   frame is not processed and the socket stays open.
 //! - A cap on open connections (refused with HTTP 503 before the upgrade), on pending
 //!   S2C QoS frames per user (a forwarded message over it takes the offline path), and
-//!   on frames queued for one socket.
+//!   on frames queued for one socket. A client that stops reading is dropped once a
+//!   write has waited for the read timeout.
+//! - Nobody may log in as `"0"`, the server's own id.
 //! - Graceful shutdown: stop accepting, close every socket with 1001, finish within a
 //!   bound.
 //! - Metrics ([`MetricsSnapshot`]), also served in the Prometheus text format.
