@@ -97,9 +97,11 @@ struct LocalServer(String, #[allow(dead_code)] bevy_im::server::RunningServer);
 #[cfg(feature = "server")]
 fn start_server(dialect: Dialect) -> Result<LocalServer, String> {
     use bevy_im::server::{AcceptAll, ServerConfig, spawn_background};
-    let mut config = ServerConfig::default();
-    config.listen = ([127, 0, 0, 1], 0).into();
-    config.dialect = dialect;
+    let config = ServerConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        dialect,
+        ..ServerConfig::default()
+    };
     let server = spawn_background(config, AcceptAll).map_err(|e| format!("server: {e}"))?;
     Ok(LocalServer(server.url(), server))
 }

@@ -44,10 +44,12 @@ fn listen(
 }
 
 fn server_at(addr: SocketAddr, dialect: Dialect) -> RunningServer {
-    let mut config = ServerConfig::default();
-    config.listen = addr;
-    config.dialect = dialect;
-    config.shutdown_timeout = Duration::from_secs(2);
+    let config = ServerConfig {
+        listen: addr,
+        dialect,
+        shutdown_timeout: Duration::from_secs(2),
+        ..ServerConfig::default()
+    };
     // A restart may find the port briefly busy; retry for a bounded time.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -122,8 +124,8 @@ fn two_apps_chat_both_ways(dialect: Dialect) {
         a.iter()
             .all(|app| heard(app).delivered.len() == 1 && heard(app).data.len() == 1)
     });
-    assert_eq!(heard(&alice).delivered, [to_bob.clone()]);
-    assert_eq!(heard(&bob).delivered, [to_alice.clone()]);
+    assert_eq!(heard(&alice).delivered, std::slice::from_ref(&to_bob));
+    assert_eq!(heard(&bob).delivered, std::slice::from_ref(&to_alice));
     let got = &heard(&bob).data[0];
     assert_eq!(
         (got.from.as_str(), got.content.as_str(), got.fp.as_deref()),

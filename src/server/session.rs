@@ -658,6 +658,14 @@ async fn serve_socket<S>(
         tokio::select! {
             biased;
             _ = super::state::until_shutdown(&mut shutdown) => {
+                // Frames already queued for this socket (a forwarded message whose
+                // sender got the relay ACK) go out before the close.
+                let mut queued_out = Vec::new();
+                while let Ok(Command::Send(out)) = rx.try_recv() {
+                    queued.fetch_sub(1, Ordering::Relaxed);
+                    queued_out.push(out);
+                }
+                let _ = timeout(linger, write_out(&mut ws, &shared, queued_out)).await;
                 send_close(&mut ws, 1001, "Going away", linger).await;
                 cleanup.end = LogoutReason::Shutdown;
                 break;
