@@ -151,9 +151,11 @@ impl WebTransport {
                 }
                 Raw::Error(message) => {
                     let error = if state.opened {
-                        TransportError::Protocol(message)
+                        TransportError::Protocol(format!("WebSocket error: {message}"))
                     } else {
-                        TransportError::Refused(message)
+                        TransportError::Refused(format!(
+                            "the browser could not open the WebSocket ({message})"
+                        ))
                     };
                     self.fail(link, error);
                 }
