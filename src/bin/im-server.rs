@@ -10,8 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use bevy_im::client::SenseMode;
 use bevy_im::protocol::Dialect;
-use bevy_im::server::{AcceptAll, RateLimit, Server, ServerConfig, ServerSenseMode, TlsConfig};
+use bevy_im::server::{AcceptAll, RateLimit, Server, ServerConfig, TlsConfig};
 use clap::Parser;
 
 /// The reference MobileIMSDK server over WebSocket (path `/websocket`).
@@ -26,7 +27,7 @@ struct Args {
     dialect: Dialect,
     /// Sense mode clients use; sets the read timeout (5s → 11 s).
     #[arg(long, default_value = "5s")]
-    sense_mode: ServerSenseMode,
+    sense_mode: SenseMode,
     /// PEM certificate chain; with --tls-key serves wss://.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,

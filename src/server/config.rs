@@ -4,64 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::client::SenseMode;
 use crate::protocol::{Dialect, MAX_FRAME_BYTES};
-
-/// The server side of upstream's sense modes: how long a socket may stay silent
-/// (no text frame) before the server drops it (PROTOCOL.md §7).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub enum ServerSenseMode {
-    /// Clients keep alive every 3 s; read timeout 7 s.
-    Mode3s,
-    /// Clients keep alive every 5 s; read timeout 11 s (upstream's demo).
-    #[default]
-    Mode5s,
-    /// Clients keep alive every 10 s; read timeout 15 s.
-    Mode10s,
-    /// Clients keep alive every 15 s; read timeout 20 s (upstream's library default).
-    Mode15s,
-    /// Clients keep alive every 30 s; read timeout 35 s.
-    Mode30s,
-    /// Clients keep alive every 60 s; read timeout 65 s.
-    Mode60s,
-    /// Clients keep alive every 120 s; read timeout 125 s.
-    Mode120s,
-}
-
-impl ServerSenseMode {
-    /// The read timeout this mode gives (`ServerToolKits.setSenseModeWebsocket`).
-    pub fn read_timeout(self) -> Duration {
-        Duration::from_secs(match self {
-            Self::Mode3s => 7,
-            Self::Mode5s => 11,
-            Self::Mode10s => 15,
-            Self::Mode15s => 20,
-            Self::Mode30s => 35,
-            Self::Mode60s => 65,
-            Self::Mode120s => 125,
-        })
-    }
-}
-
-impl std::str::FromStr for ServerSenseMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(match s {
-            "3s" => Self::Mode3s,
-            "5s" => Self::Mode5s,
-            "10s" => Self::Mode10s,
-            "15s" => Self::Mode15s,
-            "30s" => Self::Mode30s,
-            "60s" => Self::Mode60s,
-            "120s" => Self::Mode120s,
-            other => {
-                return Err(format!(
-                    "unknown sense mode `{other}`: expected 3s, 5s, 10s, 15s, 30s, 60s or 120s"
-                ));
-            }
-        })
-    }
-}
 
 /// Server-to-client QoS: when an unacknowledged frame is sent again, and when it is
 /// declared lost.
@@ -217,7 +161,7 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 3000)),
             path: "/websocket".to_owned(),
             dialect: Dialect::Seed,
-            read_timeout: ServerSenseMode::Mode5s.read_timeout(),
+            read_timeout: SenseMode::Mode5s.server_read_timeout(),
             handshake_timeout: Duration::from_secs(10),
             max_frame_bytes: MAX_FRAME_BYTES,
             s2c_qos: S2cQosConfig::default(),
@@ -235,9 +179,9 @@ impl Default for ServerConfig {
 }
 
 impl ServerConfig {
-    /// Sets the read timeout from a sense mode.
-    pub fn with_sense_mode(mut self, mode: ServerSenseMode) -> Self {
-        self.read_timeout = mode.read_timeout();
+    /// Sets the read timeout from a sense mode (the one its clients use).
+    pub fn with_sense_mode(mut self, mode: SenseMode) -> Self {
+        self.read_timeout = mode.server_read_timeout();
         self
     }
 }
@@ -258,10 +202,14 @@ mod tests {
             ("120s", 125),
         ];
         for (name, secs) in table {
-            let mode: ServerSenseMode = name.parse().unwrap();
-            assert_eq!(mode.read_timeout(), Duration::from_secs(secs), "{name}");
+            let mode: SenseMode = name.parse().unwrap();
+            assert_eq!(
+                mode.server_read_timeout(),
+                Duration::from_secs(secs),
+                "{name}"
+            );
         }
-        assert!("4s".parse::<ServerSenseMode>().is_err());
+        assert!("4s".parse::<SenseMode>().is_err());
         assert_eq!(
             ServerConfig::default().read_timeout,
             Duration::from_secs(11)

@@ -63,7 +63,7 @@ mod session;
 mod state;
 
 pub use background::{RunningServer, spawn_background};
-pub use config::{PemSource, RateLimit, S2cQosConfig, ServerConfig, ServerSenseMode, TlsConfig};
+pub use config::{PemSource, RateLimit, S2cQosConfig, ServerConfig, TlsConfig};
 pub use hooks::{AcceptAll, LogoutReason, ServerHooks};
 pub use metrics::{MetricsSnapshot, RejectReason};
 pub use serve::{PushError, Server, ServerHandle};
