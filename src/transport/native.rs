@@ -760,7 +760,10 @@ async fn run_link(link: LinkId, url: String, ctx: Arc<Ctx>, mut cmds: UnboundedR
     match end {
         End::Peer(frame) => {
             let (code, reason) = match frame {
-                Some(f) => (Some(u16::from(f.code)), f.reason.as_str().to_owned()),
+                Some(f) if !f.reason.is_empty() => {
+                    (Some(u16::from(f.code)), f.reason.as_str().to_owned())
+                }
+                Some(f) => (Some(u16::from(f.code)), "closed by the server".to_owned()),
                 None => (None, "closed by the server".to_owned()),
             };
             ctx.emit(TransportEvent::Closed { link, code, reason });
