@@ -17,6 +17,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::ERROR_RATE_LIMITED;
+
+/// The read and write buffer each socket starts with; larger frames grow them.
+const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
 use super::handshake::{Handshake, upgrade};
 use super::hooks::LogoutReason;
 use super::metrics::{Metrics, RejectReason, out_index};
@@ -540,7 +543,11 @@ where
     // Tungstenite may read somewhat larger frames so that an oversize one is read
     // whole and answered with 1009 instead of a reset.
     let hard_limit = config.max_frame_bytes.saturating_mul(2).max(1024);
+    // Chat frames are small: tungstenite's 128 KiB buffers would make each idle
+    // connection cost about a quarter of a megabyte.
     let ws_config = WebSocketConfig::default()
+        .read_buffer_size(SOCKET_BUFFER_BYTES)
+        .write_buffer_size(SOCKET_BUFFER_BYTES)
         .max_frame_size(Some(hard_limit))
         .max_message_size(Some(hard_limit));
     let ws =
