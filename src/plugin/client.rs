@@ -1,14 +1,11 @@
 //! The `ImClient` system parameter: the seed's `ClientCoreSDK` calls.
 
 use bevy::ecs::system::SystemParam;
-use bevy::prelude::{Res, ResMut};
+use bevy::prelude::Res;
 use bevy::time::{Real, Time};
 
-use super::{ImConfig, ImLink};
-use crate::client::{
-    Core, CoreOutput, Keepalive, LoginRequest, Outgoing, QosReceiveFilter, QosSendTable, Relogin,
-    Session, SessionState,
-};
+use super::{ImConfig, ImLink, Parts};
+use crate::client::{LoginRequest, Outgoing, SessionState};
 use crate::protocol::ResultCode;
 use crate::transport::LinkId;
 
@@ -37,26 +34,10 @@ pub struct ImClient<'w> {
     config: Res<'w, ImConfig>,
     time: Res<'w, Time<Real>>,
     link: Res<'w, ImLink>,
-    session: ResMut<'w, Session>,
-    qos_send: ResMut<'w, QosSendTable>,
-    qos_recv: ResMut<'w, QosReceiveFilter>,
-    keepalive: ResMut<'w, Keepalive>,
-    relogin: ResMut<'w, Relogin>,
-    out: ResMut<'w, CoreOutput>,
+    parts: Parts<'w>,
 }
 
 impl ImClient<'_> {
-    fn core(&mut self) -> Core<'_> {
-        Core {
-            session: &mut self.session,
-            qos_send: &mut self.qos_send,
-            qos_recv: &mut self.qos_recv,
-            keepalive: &mut self.keepalive,
-            relogin: &mut self.relogin,
-            out: &mut self.out,
-        }
-    }
-
     /// Connects and logs in. The outcome arrives as `LoginSucceeded` or
     /// `LoginFailed`. Fails at once with 205 when no URL is configured, or 4 for an
     /// empty user id.
@@ -65,13 +46,13 @@ impl ImClient<'_> {
             return Err(ResultCode::ToServerNetInfoNotSetup);
         }
         let now = self.time.elapsed();
-        self.core().login(request, now)
+        self.parts.core().login(request, now)
     }
 
     /// Logs out (the logout frame goes out only when logged in) and releases the
     /// session. `LoggedOut` reports the same code.
     pub fn logout(&mut self) -> ResultCode {
-        self.core().logout()
+        self.parts.core().logout()
     }
 
     /// Sends a message. Returns its fingerprint at once (`None` for a message with
@@ -81,27 +62,27 @@ impl ImClient<'_> {
     /// the frame limit.
     pub fn send(&mut self, message: Outgoing) -> Result<Option<String>, ResultCode> {
         let now = self.time.elapsed();
-        self.core().send(message, now)
+        self.parts.core().send(message, now)
     }
 
     /// Stops everything and forgets the session, reporting nothing.
     pub fn release(&mut self) {
-        self.core().release();
+        self.parts.core().release();
     }
 
     /// Whether the session is logged in.
     pub fn is_logged_in(&self) -> bool {
-        self.session.is_logged_in()
+        self.parts.session.is_logged_in()
     }
 
     /// Where the session stands.
     pub fn state(&self) -> SessionState {
-        self.session.state()
+        self.parts.session.state()
     }
 
     /// The user id of the current (or last) login.
     pub fn user_id(&self) -> Option<&str> {
-        self.session.user_id()
+        self.parts.session.user_id()
     }
 
     /// The current link, if one is open or opening.
@@ -111,11 +92,11 @@ impl ImClient<'_> {
 
     /// How many QoS messages wait for an ACK.
     pub fn pending_count(&self) -> usize {
-        self.qos_send.len()
+        self.parts.qos_send.len()
     }
 
     /// The latest keepalive round-trip time.
     pub fn rtt(&self) -> Option<std::time::Duration> {
-        self.keepalive.rtt()
+        self.parts.keepalive.rtt()
     }
 }

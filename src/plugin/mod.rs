@@ -286,7 +286,7 @@ fn platform_transport(config: &TransportConfig) -> Box<dyn Transport> {
 
 /// The client's parts as system parameters.
 #[derive(bevy::ecs::system::SystemParam)]
-struct Parts<'w> {
+pub(crate) struct Parts<'w> {
     session: ResMut<'w, Session>,
     qos_send: ResMut<'w, QosSendTable>,
     qos_recv: ResMut<'w, QosReceiveFilter>,
@@ -296,7 +296,7 @@ struct Parts<'w> {
 }
 
 impl Parts<'_> {
-    fn core(&mut self) -> Core<'_> {
+    pub(crate) fn core(&mut self) -> Core<'_> {
         Core {
             session: &mut self.session,
             qos_send: &mut self.qos_send,
