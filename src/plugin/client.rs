@@ -20,9 +20,10 @@ use crate::transport::LinkId;
 /// use bevy::prelude::*;
 /// use bevy_im::prelude::*;
 ///
-/// fn chat(mut im: ImClient, keys: Res<ButtonInput<KeyCode>>) {
-///     if keys.just_pressed(KeyCode::Enter) && im.is_logged_in() {
-///         match im.send(Outgoing::new("bob", "gg")) {
+/// // Answers every chat line with "gg".
+/// fn reply(mut im: ImClient, mut received: MessageReader<DataReceived>) {
+///     for msg in received.read() {
+///         match im.send(Outgoing::new(msg.from.clone(), "gg")) {
 ///             Ok(fp) => info!("sent {fp:?}"),
 ///             Err(code) => warn!("not sent: {code}"),
 ///         }
