@@ -2,7 +2,7 @@
 //! and shuts down cleanly on SIGTERM.
 #![cfg(unix)]
 
-#[path = "server_support.rs"]
+#[path = "support/server.rs"]
 mod support;
 
 use std::io::{BufRead, BufReader};

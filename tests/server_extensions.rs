@@ -2,7 +2,7 @@
 //! and the host program's API: each difference, hooks, push and kick, limits,
 //! shutdown, metrics, TLS and the background runner.
 
-#[path = "server_support.rs"]
+#[path = "support/server.rs"]
 mod support;
 
 use std::sync::Arc;

@@ -5,7 +5,7 @@
 //! run in the seed dialect with its type numbers. Scenario 02 (S2C QoS timing) and 07
 //! (the HTTP gateway) are checked by hand-written tests below.
 
-#[path = "server_support.rs"]
+#[path = "support/server.rs"]
 mod support;
 
 use std::collections::HashMap;
