@@ -585,3 +585,22 @@ fn a_corrupt_frame_is_reported_and_the_session_survives() {
     assert_eq!(h.got::<BadFrame>().len(), 1);
     assert!(h.is_logged_in());
 }
+
+#[test]
+fn the_plugin_can_take_its_config_from_a_resource() {
+    let (t, peer) = MemoryTransport::pair();
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(STEP))
+        .insert_resource(ImConfig::new("mem://from-resource").dialect(Dialect::MobileImSdkV6))
+        .add_plugins(ImClientPlugin::from_resource().with_transport(t));
+    app.update();
+    app.world_mut()
+        .run_system_once(|mut im: ImClient| im.login(LoginRequest::new("alice", "t")))
+        .unwrap()
+        .unwrap();
+    app.update();
+    assert_eq!(peer.connects()[0].1, "mem://from-resource");
+    let config = app.world().resource::<ImConfig>();
+    assert_eq!(config.client.dialect, Dialect::MobileImSdkV6);
+}
