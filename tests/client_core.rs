@@ -713,3 +713,136 @@ fn garbage_and_unknown_types_are_reported_not_fatal() {
     assert!(ev.iter().all(|e| matches!(e, ClientEvent::BadFrame(_))));
     assert!(t.c.session.is_logged_in());
 }
+
+#[test]
+fn a_refused_relogin_is_retried_with_backoff() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    t.c.core().on_link_closed(None, "reset", s(20));
+    t.c.core().tick(s(20));
+    t.c.core().on_link_opened(s(20));
+    t.actions();
+    t.server(
+        Frame::login_response(
+            "alice",
+            &LoginResponse {
+                code: 1025,
+                first_login_time: -1,
+            },
+        ),
+        s(20),
+    );
+    assert!(t.events().contains(&ClientEvent::LoginFailed {
+        code: ResultCode::Other(1025),
+        relogin: true
+    }));
+    assert_eq!(t.actions(), [Action::Close]);
+    let due = t.c.relogin.due().expect("another attempt is scheduled");
+    assert!(due > s(20), "not at once: {due:?}");
+    t.c.core().tick(due);
+    assert_eq!(t.actions(), [Action::Connect]);
+}
+
+#[test]
+fn a_link_that_drops_right_after_relogin_is_not_hammered() {
+    let mut t = Script::with(ClientConfig {
+        relogin: ReloginPolicy::UPSTREAM,
+        ..ClientConfig::default()
+    });
+    t.c.core()
+        .login(LoginRequest::new("alice", "t"), s(0))
+        .unwrap();
+    t.c.core().on_link_opened(s(0));
+    t.server(login_ok("alice", 1), s(0));
+    // A long session ends: the first attempt is at once.
+    t.c.core().on_link_closed(None, "reset", s(60));
+    t.actions();
+    t.c.core().tick(s(60));
+    assert_eq!(t.actions(), [Action::Connect]);
+    t.c.core().on_link_opened(s(60));
+    t.server(login_ok("alice", 1), s(60));
+    // The new session dies a second later: the next attempt waits 3 s.
+    t.c.core().on_link_closed(None, "reset", s(61));
+    t.actions();
+    t.c.core().tick(s(61));
+    assert!(t.actions().is_empty());
+    t.c.core().tick(s(64));
+    assert_eq!(t.actions(), [Action::Connect]);
+}
+
+#[test]
+fn a_message_is_lost_on_time_even_if_the_link_keeps_coming_back() {
+    let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
+    let fp =
+        t.c.core()
+            .send(Outgoing::new("bob", "x"), s(0))
+            .unwrap()
+            .unwrap();
+    let mut lost_at = None;
+    for second in 1..=12u64 {
+        // Every second the link drops and the re-login succeeds at once.
+        t.c.core().on_link_closed(None, "reset", s(second));
+        t.c.core().tick(s(second));
+        t.c.core().on_link_opened(s(second));
+        t.server(login_ok("alice", 5), s(second));
+        t.c.core().tick(s(second));
+        if t.events()
+            .iter()
+            .any(|e| matches!(e, ClientEvent::MessagesLost(f) if f[0].fp.as_deref() == Some(&*fp)))
+        {
+            lost_at = Some(second);
+            break;
+        }
+    }
+    assert_eq!(lost_at, Some(9), "9 s after the send, as without faults");
+}
+
+#[test]
+fn logging_in_again_as_the_same_user_keeps_pending_messages() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    let fp =
+        t.c.core()
+            .send(Outgoing::new("bob", "x"), s(0))
+            .unwrap()
+            .unwrap();
+    t.c.core()
+        .login(LoginRequest::new("alice", "t"), s(1))
+        .unwrap();
+    assert!(t.events().is_empty());
+    t.c.core().on_link_opened(s(1));
+    t.sent();
+    t.server(login_ok("alice", 6), s(1));
+    let resent = t.sent();
+    assert_eq!(resent.len(), 1);
+    assert_eq!(resent[0].fp.as_deref(), Some(&*fp));
+}
+
+#[test]
+fn logging_in_as_someone_else_reports_pending_messages_lost() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    let fp =
+        t.c.core()
+            .send(Outgoing::new("bob", "x"), s(0))
+            .unwrap()
+            .unwrap();
+    t.c.core()
+        .login(LoginRequest::new("carol", "t"), s(1))
+        .unwrap();
+    match &t.events()[..] {
+        [ClientEvent::MessagesLost(frames)] => assert_eq!(frames[0].fp.as_deref(), Some(&*fp)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(t.c.qos_send.len(), 0);
+}
+
+#[test]
+fn a_login_over_the_frame_limit_is_refused_locally() {
+    let mut t = Script::new(Dialect::Seed);
+    assert_eq!(
+        t.c.core().login(
+            LoginRequest::new("alice", "t").with_extra("e".repeat(70_000)),
+            s(0)
+        ),
+        Err(ResultCode::InvalidProtocol)
+    );
+    assert!(t.actions().is_empty());
+}

@@ -604,3 +604,38 @@ fn the_plugin_can_take_its_config_from_a_resource() {
     let config = app.world().resource::<ImConfig>();
     assert_eq!(config.client.dialect, Dialect::MobileImSdkV6);
 }
+
+#[test]
+fn nothing_from_a_link_the_client_let_go_reaches_the_game() {
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.app.insert_resource(Got::<BadFrame>(Vec::new()));
+    h.login("alice", 1);
+    h.got::<LoginSucceeded>();
+    // A kickout and then data arrive in one batch: the data is not delivered.
+    h.push(Frame::kickout(
+        Dialect::MobileImSdkV6,
+        "alice",
+        &KickoutInfo {
+            code: 1,
+            reason: None,
+        },
+    ));
+    h.push(Frame::data("bob", "alice", "late", false, None, 0));
+    h.step();
+    assert_eq!(h.got::<Kicked>().len(), 1);
+    assert!(h.got::<DataReceived>().is_empty());
+
+    // A new login is asked for while the old link still delivers: nothing from the
+    // old link counts, and the new link gets the login frame.
+    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    h.login("alice", 1);
+    h.got::<LoginSucceeded>();
+    h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "token")).unwrap());
+    h.push(Frame::data("bob", "alice", "old link", false, None, 0));
+    h.step();
+    assert!(h.got::<DataReceived>().is_empty());
+    assert_eq!(h.peer.connects().len(), 2);
+    h.step();
+    let sent = h.wire();
+    assert!(sent.iter().any(|f| f.ty == wire::LOGIN), "{sent:?}");
+}

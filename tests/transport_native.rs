@@ -621,3 +621,43 @@ fn drop_while_connecting_does_not_wait_for_the_connect() {
     assert!(started.elapsed() < Duration::from_secs(2));
     assert!(watch.is_finished());
 }
+
+#[test]
+fn close_ends_a_link_whose_peer_stopped_reading() {
+    // A server that completes the handshake and then never reads again: the client's
+    // writes fill the socket buffers and block.
+    let rt = runtime();
+    let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
+    let port = listener.local_addr().expect("local addr").port();
+    rt.spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                held.push(ws);
+            }
+        }
+    });
+    let mut t = NativeTransport::default();
+    let link = LinkId(1);
+    open(&mut t, link, &format!("ws://127.0.0.1:{port}/websocket"));
+    let chunk = "x".repeat(60_000);
+    // 30 MB: far more than loopback socket buffers hold.
+    for _ in 0..500 {
+        if t.send(link, chunk.clone()).is_err() {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    t.close(link);
+    let closed = next_event(&mut t);
+    assert!(
+        matches!(closed, TransportEvent::Closed { link: l, .. } if l == link),
+        "{closed:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}

@@ -113,22 +113,42 @@ impl Core<'_> {
 
     /// Starts a login: a new link, then the login frame, then nothing until the reply.
     /// A session in progress is closed first. Fails at once, with nothing written,
-    /// when the user id is empty.
+    /// when the user id is empty or the login frame would exceed the frame limit.
+    ///
+    /// Logging in again as the same user keeps the messages waiting for an ACK (they
+    /// are written again once logged in) and the received fingerprints; logging in as
+    /// someone else reports the waiting messages lost.
     pub fn login(&mut self, request: LoginRequest, now: Duration) -> Result<(), ResultCode> {
         if request.user_id.is_empty() {
             return Err(ResultCode::InvalidProtocol);
         }
-        if self.session.state != SessionState::Disconnected {
-            self.close_link();
-        }
-        self.reset_daemons();
-        self.session.login = Some(LoginInfo {
+        let info = LoginInfo {
             login_user_id: request.user_id,
             login_token: request.token,
             extra: request.extra,
             first_login_time: 0,
             app: request.app,
-        });
+        };
+        if Frame::login(&info)
+            .encode_with_limit(self.session.config.max_frame_bytes)
+            .is_err()
+        {
+            return Err(ResultCode::InvalidProtocol);
+        }
+        if self.session.state != SessionState::Disconnected {
+            self.close_link();
+        }
+        self.keepalive.stop();
+        self.relogin.stop();
+        if self.session.user_id() != Some(info.login_user_id.as_str()) {
+            let lost = self.qos_send.drain();
+            if !lost.is_empty() {
+                self.out.stats.lost += lost.len() as u64;
+                self.emit(ClientEvent::MessagesLost(lost));
+            }
+            self.qos_recv.clear();
+        }
+        self.session.login = Some(info);
         self.session.login_has_init = false;
         self.session.kicked = None;
         self.session.released = false;
@@ -261,7 +281,14 @@ impl Core<'_> {
         self.keepalive.stop();
         self.emit(ClientEvent::LinkClosed { code, reason });
         if self.session.config.auto_relogin && self.session.login_has_init {
-            self.relogin.start(now);
+            // A session that died sooner than a dead link would be noticed is a link
+            // that keeps dropping: go on backing off instead of starting at once.
+            let lasted = now.saturating_sub(self.session.logged_in_at);
+            if lasted < self.session.config.sense_mode.timeout() {
+                self.relogin.resume(now);
+            } else {
+                self.relogin.start(now);
+            }
         }
     }
 
@@ -326,7 +353,13 @@ impl Core<'_> {
         let relogin = self.session.relogin_attempt;
         if response.code != 0 {
             self.session.state = SessionState::Disconnected;
-            self.relogin.stop();
+            // A refused re-login is retried with backoff (the server may be coming
+            // back up); a refused login the game asked for is final.
+            if relogin {
+                self.relogin.failed(now);
+            } else {
+                self.relogin.stop();
+            }
             self.close_link();
             self.emit(ClientEvent::LoginFailed {
                 code: ResultCode::from_code(response.code),
@@ -341,7 +374,8 @@ impl Core<'_> {
             self.session.login_has_init = true;
         }
         self.session.state = SessionState::LoggedIn;
-        self.relogin.stop();
+        self.session.logged_in_at = now;
+        self.relogin.succeeded();
         self.keepalive.start(now);
         let first_login_time = self.session.first_login_time().unwrap_or_default();
         self.emit(ClientEvent::LoginSucceeded {
@@ -349,7 +383,7 @@ impl Core<'_> {
             relogin,
             first_login_time,
         });
-        for frame in self.qos_send.resend_all(now) {
+        for frame in self.qos_send.pending_frames() {
             self.out.stats.resends += 1;
             self.write(&frame, false);
         }

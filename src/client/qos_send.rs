@@ -129,22 +129,11 @@ impl QosSendTable {
         out
     }
 
-    /// Every pending frame, to write again at once after a re-login. Each one's next
-    /// deadline restarts from `now`; its resend count is kept.
-    pub fn resend_all(&mut self, now: Duration) -> Vec<Frame> {
-        let mut frames = Vec::with_capacity(self.pending.len());
-        for (fp, entry) in &mut self.pending {
-            entry.deadline = now
-                + if entry.resends >= self.config.max_resends {
-                    self.config.lost_after
-                } else {
-                    self.config.resend_after
-                };
-            self.queue.push(Reverse((entry.deadline, fp.clone())));
-            frames.push(entry.frame.clone());
-        }
-        self.compact();
-        frames
+    /// Every pending frame, to write again at once after a re-login. Their deadlines
+    /// stay as they were, so a message is reported lost on time however often the
+    /// link comes back.
+    pub fn pending_frames(&self) -> Vec<Frame> {
+        self.pending.values().map(|p| p.frame.clone()).collect()
     }
 
     /// Removes and returns every pending frame (for a loss report on kickout).
@@ -248,14 +237,13 @@ mod tests {
     }
 
     #[test]
-    fn resend_all_restarts_the_clock_and_keeps_counts() {
+    fn rewriting_pending_frames_keeps_their_deadlines() {
         let mut t = QosSendTable::new(QosSendConfig::default());
         t.track(frame("a"), s(0.0));
         t.tick(s(3.0));
-        t.tick(s(6.0));
-        assert_eq!(fps(&t.resend_all(s(8.0))), ["a"]);
-        assert_eq!(t.tick(s(9.0)), QosTick::default(), "old deadline is dead");
-        assert_eq!(fps(&t.tick(s(11.0)).lost), ["a"]);
+        assert_eq!(fps(&t.pending_frames()), ["a"]);
+        assert_eq!(fps(&t.tick(s(6.0)).resend), ["a"]);
+        assert_eq!(fps(&t.tick(s(9.0)).lost), ["a"]);
     }
 
     #[test]

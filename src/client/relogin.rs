@@ -62,13 +62,30 @@ impl Relogin {
         }
     }
 
-    /// Starts re-login with the first attempt at `first`.
+    /// Starts re-login afresh with the first attempt at `first`.
     pub fn start(&mut self, first: Duration) {
         self.due = Some(first);
         self.attempts = 0;
     }
 
-    /// Stops re-login (success, kickout, logout, release).
+    /// Starts re-login again after a session that did not last: the backoff goes on
+    /// from where the last attempts left it, so a link that keeps dropping right
+    /// after login is not hammered.
+    pub fn resume(&mut self, now: Duration) {
+        if self.attempts == 0 {
+            self.start(now);
+        } else {
+            self.failed(now);
+        }
+    }
+
+    /// A re-login succeeded: no attempt is due, but the count is kept for
+    /// [`resume`](Self::resume).
+    pub fn succeeded(&mut self) {
+        self.due = None;
+    }
+
+    /// Stops re-login for good (kickout, logout, release).
     pub fn stop(&mut self) {
         self.due = None;
         self.attempts = 0;
@@ -172,6 +189,20 @@ mod tests {
             .collect();
         let distinct: std::collections::HashSet<_> = delays.iter().collect();
         assert!(distinct.len() > 5);
+    }
+
+    #[test]
+    fn resume_continues_the_backoff_of_a_session_that_did_not_last() {
+        let mut r = Relogin::new(ReloginPolicy::UPSTREAM, 1);
+        r.resume(s(0.0));
+        assert_eq!(r.tick(s(0.0)), Some(1), "nothing to continue: at once");
+        r.succeeded();
+        r.resume(s(1.0));
+        assert_eq!(r.tick(s(3.999)), None);
+        assert_eq!(r.tick(s(4.0)), Some(2));
+        r.stop();
+        r.resume(s(10.0));
+        assert_eq!(r.tick(s(10.0)), Some(1));
     }
 
     #[test]

@@ -156,6 +156,8 @@ pub struct Session {
     pub(super) relogin_attempt: bool,
     /// When the attempt in progress started.
     pub(super) attempt_started: Duration,
+    /// When the session last logged in.
+    pub(super) logged_in_at: Duration,
     pub(super) kicked: Option<KickoutInfo>,
     pub(super) released: bool,
 }

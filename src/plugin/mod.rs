@@ -319,6 +319,16 @@ fn receive(
         if link.current != Some(event.link()) {
             continue;
         }
+        // The core already let go of this link (a login, release, kickout or failed
+        // login since the last flush): nothing more from it may reach the session.
+        let replacing = parts
+            .out
+            .actions
+            .iter()
+            .any(|a| matches!(a, Action::Close | Action::Connect));
+        if replacing {
+            continue;
+        }
         let mut core = parts.core();
         match event {
             TransportEvent::Opened { .. } => core.on_link_opened(now),

@@ -69,7 +69,7 @@ impl Transport for MemoryTransport {
     fn connect(&mut self, link: LinkId, url: &str) {
         let mut s = lock(&self.shared);
         s.connects.push((link, url.to_owned()));
-        if let Some(old) = s.link.filter(|_| s.open) {
+        if let Some(old) = s.link {
             s.to_client.push_back(TransportEvent::Closed {
                 link: old,
                 code: None,
@@ -91,6 +91,7 @@ impl Transport for MemoryTransport {
                 code: None,
                 reason: "connection refused".into(),
             });
+            s.link = None;
         } else if !s.hold_connects {
             s.open = true;
             s.to_client.push_back(TransportEvent::Opened { link });
@@ -118,7 +119,9 @@ impl Transport for MemoryTransport {
 
     fn close(&mut self, link: LinkId) {
         let mut s = lock(&self.shared);
-        if s.link == Some(link) && s.open {
+        if s.link == Some(link) {
+            // A link still waiting for `accept` is closed as well: it never opens.
+            s.link = None;
             s.open = false;
             s.closes += 1;
             s.to_client.push_back(TransportEvent::Closed {
@@ -178,6 +181,7 @@ impl MemoryPeer {
         let mut s = lock(&self.shared);
         if let Some(link) = s.link.filter(|_| s.open) {
             s.open = false;
+            s.link = None;
             s.to_client.push_back(TransportEvent::Closed {
                 link,
                 code: Some(code),
@@ -191,6 +195,7 @@ impl MemoryPeer {
         let mut s = lock(&self.shared);
         if let Some(link) = s.link.filter(|_| s.open) {
             s.open = false;
+            s.link = None;
             s.to_client.push_back(TransportEvent::Error {
                 link,
                 error: TransportError::Protocol("connection reset".into()),
@@ -316,6 +321,36 @@ mod tests {
         peer.stall(false);
         assert_eq!(peer.take_sent(), ["out"]);
         assert_eq!(drain(&mut t).len(), 1);
+    }
+
+    #[test]
+    fn a_held_link_closed_by_the_client_never_opens() {
+        let (mut t, peer) = MemoryTransport::pair();
+        peer.hold_connects(true);
+        t.connect(LinkId(1), "mem://");
+        t.close(LinkId(1));
+        assert!(!peer.accept());
+        assert_eq!(
+            drain(&mut t),
+            [TransportEvent::Closed {
+                link: LinkId(1),
+                code: Some(1000),
+                reason: "closed by client".into()
+            }]
+        );
+        t.connect(LinkId(2), "mem://");
+        t.connect(LinkId(3), "mem://");
+        assert!(peer.accept());
+        let ev = drain(&mut t);
+        assert_eq!(ev.len(), 2, "{ev:?}");
+        assert!(matches!(
+            ev[0],
+            TransportEvent::Closed {
+                link: LinkId(2),
+                ..
+            }
+        ));
+        assert_eq!(ev[1], TransportEvent::Opened { link: LinkId(3) });
     }
 
     #[test]

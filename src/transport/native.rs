@@ -702,6 +702,9 @@ async fn run_link(link: LinkId, url: String, ctx: Arc<Ctx>, mut cmds: UnboundedR
     let (sink, mut stream) = ws.split();
     let mut sink = Some(sink);
     let mut writing: Option<Writing> = None;
+    // Frames that arrive while a write is blocked wait here, so that a close is
+    // still read (and the link can end) when the peer stops reading.
+    let mut backlog: Vec<Message> = Vec::new();
     let end = loop {
         tokio::select! {
             msg = stream.next() => match msg {
@@ -722,16 +725,17 @@ async fn run_link(link: LinkId, url: String, ctx: Arc<Ctx>, mut cmds: UnboundedR
                 },
             },
             done = finish(&mut writing) => match done {
-                Ok(s) => sink = Some(s),
+                Ok(s) if backlog.is_empty() => sink = Some(s),
+                Ok(s) => writing = Some(write_batch(s, std::mem::take(&mut backlog))),
                 Err(e) => break broken(e),
             },
-            cmd = cmds.recv(), if writing.is_none() => match cmd {
+            cmd = cmds.recv() => match cmd {
                 Some(LinkCmd::Send(first)) => {
-                    let mut batch = vec![Message::text(first)];
+                    backlog.push(Message::text(first));
                     let mut close_after = None;
-                    while batch.len() < 256 {
+                    while backlog.len() < 256 {
                         match cmds.try_recv() {
-                            Ok(LinkCmd::Send(text)) => batch.push(Message::text(text)),
+                            Ok(LinkCmd::Send(text)) => backlog.push(Message::text(text)),
                             Ok(LinkCmd::Close(why)) => {
                                 close_after = Some(why);
                                 break;
@@ -740,7 +744,7 @@ async fn run_link(link: LinkId, url: String, ctx: Arc<Ctx>, mut cmds: UnboundedR
                         }
                     }
                     if let Some(s) = sink.take() {
-                        writing = Some(write_batch(s, batch));
+                        writing = Some(write_batch(s, std::mem::take(&mut backlog)));
                     }
                     if let Some(why) = close_after {
                         break End::Local { code: why.code(), reason: why.reason().into() };
