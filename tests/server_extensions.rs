@@ -12,8 +12,8 @@ use bevy_im::protocol::{
     Dialect, ErrorResponse, Frame, KickoutInfo, LoginInfo, LoginResponse, decode_body,
 };
 use bevy_im::server::{
-    AcceptAll, ERROR_RATE_LIMITED, PushError, RateLimit, RejectReason, ServerConfig, TlsConfig,
-    spawn_background,
+    AcceptAll, ERROR_INVALID_FRAME, ERROR_RATE_LIMITED, MAX_FINGERPRINT_BYTES, PushError,
+    RateLimit, RejectReason, ServerConfig, TlsConfig, spawn_background,
 };
 use futures_util::SinkExt;
 use support::{Client, Event, Recorder, config, eventually, logged_in, raw_exchange, start};
@@ -776,6 +776,50 @@ async fn a_client_that_stops_reading_is_dropped() {
         })
         .await;
         eventually("slow offline", || !h.is_online("slow")).await;
+        h.shutdown().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn frames_the_server_will_not_pass_on_get_an_error_frame() {
+    bounded(async {
+        let h = start(v6(), AcceptAll).await;
+        let mut alice = logged_in(&h.url(), "alice").await;
+        let mut bob = logged_in(&h.url(), "bob").await;
+
+        // A fingerprint far longer than a UUID would bloat the dedup window and the
+        // pending table: refused, nothing forwarded, no ACK.
+        let long_fp = "f".repeat(MAX_FINGERPRINT_BYTES + 1);
+        alice
+            .send(&Frame::data("alice", "bob", "x", true, Some(long_fp), 0))
+            .await;
+        let e = alice.recv().await;
+        assert_eq!(e.ty, 52);
+        let body: ErrorResponse = decode_body(e.data_content.as_deref()).unwrap();
+        assert_eq!(body.error_code, ERROR_INVALID_FRAME);
+
+        // A frame that fits only because it left out `from` and the other fields
+        // would exceed the limit once the server writes them: refused, not forwarded.
+        let bare = r#"{"type":2,"to":"bob","dataContent":""}"#;
+        let room = 65_536 - bare.len();
+        let big = format!(
+            r#"{{"type":2,"to":"bob","dataContent":"{}"}}"#,
+            "y".repeat(room)
+        );
+        assert_eq!(big.len(), 65_536);
+        alice.send_text(&big).await;
+        let e = alice.recv().await;
+        let body: ErrorResponse = decode_body(e.data_content.as_deref()).unwrap();
+        assert_eq!(body.error_code, ERROR_INVALID_FRAME);
+        bob.expect_silence(Duration::from_millis(200)).await;
+        assert_eq!(h.metrics().rejected(RejectReason::FrameTooLarge), 1);
+
+        // Both sockets still work.
+        alice
+            .send(&Frame::data("alice", "bob", "fine", false, None, 0))
+            .await;
+        assert_eq!(bob.recv().await.content(), "fine");
         h.shutdown().await;
     })
     .await;

@@ -133,6 +133,9 @@ pub struct ServerConfig {
     pub s2c_qos: S2cQosConfig,
     /// How long a client-to-server QoS fingerprint is remembered (default 10 min).
     pub c2s_dedup_window: Duration,
+    /// The most (user, fingerprint) pairs the C2S dedup remembers; past it the oldest
+    /// are forgotten first.
+    pub c2s_dedup_max_entries: usize,
     /// The per-connection inbound rate limit; `None` turns it off.
     pub rate_limit: Option<RateLimit>,
     /// Open connections beyond this are refused before the upgrade (default 10000).
@@ -166,6 +169,7 @@ impl Default for ServerConfig {
             max_frame_bytes: MAX_FRAME_BYTES,
             s2c_qos: S2cQosConfig::default(),
             c2s_dedup_window: Duration::from_secs(600),
+            c2s_dedup_max_entries: 200_000,
             rate_limit: Some(RateLimit::default()),
             max_connections: 10_000,
             max_pending_s2c_per_user: 1000,

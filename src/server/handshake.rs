@@ -90,10 +90,14 @@ where
 {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 4096];
+    // Only the bytes after the previous search can complete the head, so a client
+    // that sends one byte at a time costs linear work, not quadratic.
+    let mut searched = 0;
     let end = loop {
-        if let Some(end) = find_head_end(&buf) {
-            break end;
+        if let Some(end) = find_head_end(&buf[searched..]) {
+            break searched + end;
         }
+        searched = buf.len().saturating_sub(3);
         if buf.len() > MAX_REQUEST_HEAD {
             reply(stream, "413 Request Entity Too Large", "", "").await;
             return Ok(Handshake::Refused(RejectReason::BadHandshake));

@@ -359,6 +359,8 @@ pub(crate) async fn serve_metrics(
             _ = super::state::until_shutdown(&mut shutdown) => return,
         };
         let Ok((mut stream, _)) = accepted else {
+            // Out of file descriptors and the like: do not spin.
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let snapshot = snapshot.clone();

@@ -43,7 +43,12 @@
 //! - A cap on open connections (refused with HTTP 503 before the upgrade), on pending
 //!   S2C QoS frames per user (a forwarded message over it takes the offline path), and
 //!   on frames queued for one socket. A client that stops reading is dropped once a
-//!   write has waited for the read timeout.
+//!   write has waited for the read timeout. The C2S dedup remembers at most
+//!   `c2s_dedup_max_entries` fingerprints.
+//! - Data or echo the server will not pass on (a fingerprint over
+//!   [`MAX_FINGERPRINT_BYTES`], or a frame that would exceed the frame limit once
+//!   `from` is rewritten) is answered with an error frame of code
+//!   [`ERROR_INVALID_FRAME`]; the socket stays open.
 //! - Nobody may log in as `"0"`, the server's own id.
 //! - Graceful shutdown: stop accepting, close every socket with 1001, finish within a
 //!   bound.
@@ -72,3 +77,12 @@ pub use serve::{PushError, Server, ServerHandle};
 /// limit. Outside the seed's code table (0–4, 201–205, 301); 429 as in HTTP's
 /// "Too Many Requests".
 pub const ERROR_RATE_LIMITED: i32 = 429;
+
+/// The `errorCode` of the error frame that answers a data or echo frame the server
+/// will not pass on: a fingerprint over [`MAX_FINGERPRINT_BYTES`], or a frame that
+/// would exceed the frame limit once `from` is rewritten. The seed's
+/// `COMMON_INVALID_PROTOCAL`; the socket stays open.
+pub const ERROR_INVALID_FRAME: i32 = 4;
+
+/// The longest fingerprint the server accepts (a UUID is 36 bytes).
+pub const MAX_FINGERPRINT_BYTES: usize = 128;

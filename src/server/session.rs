@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::ERROR_RATE_LIMITED;
+use super::{ERROR_INVALID_FRAME, ERROR_RATE_LIMITED, MAX_FINGERPRINT_BYTES};
 
 /// The read and write buffer each socket starts with; larger frames grow them.
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
@@ -195,7 +195,15 @@ impl Session {
             ClientKind::Echo => {
                 let mut echo = frame;
                 echo.ty = self.dialect().server_type(ServerKind::EchoResponse);
-                self.push(&echo, ServerKind::EchoResponse);
+                if echo
+                    .encode_with_limit(self.shared.config.max_frame_bytes)
+                    .is_ok()
+                {
+                    self.push(&echo, ServerKind::EchoResponse);
+                } else {
+                    self.shared.metrics.reject(RejectReason::FrameTooLarge);
+                    self.push_error(ERROR_INVALID_FRAME, "the echo would exceed the frame limit");
+                }
                 Step::Continue
             }
             ClientKind::Logout => Step::bye(LogoutReason::Logout),
@@ -384,6 +392,18 @@ impl Session {
 
     fn data(&mut self, user: &str, mut frame: Frame, now: Instant) {
         let shared = self.shared.clone();
+        if frame
+            .fp
+            .as_ref()
+            .is_some_and(|fp| fp.len() > MAX_FINGERPRINT_BYTES)
+        {
+            shared.metrics.reject(RejectReason::BadFrame);
+            self.push_error(
+                ERROR_INVALID_FRAME,
+                &format!("fingerprint longer than {MAX_FINGERPRINT_BYTES} bytes"),
+            );
+            return;
+        }
         // Deliberate difference: nobody can send as someone else.
         frame.from = Some(user.to_owned());
         let Some(to) = frame.to.clone() else {
@@ -394,7 +414,7 @@ impl Session {
         let qos_fp = frame.fp.clone().filter(|_| frame.qos);
         if to == crate::protocol::SERVER_ID {
             if let Some(fp) = &qos_fp {
-                let duplicate = shared.lock().dedup.seen((user.to_owned(), fp.clone()), now);
+                let duplicate = shared.lock().dedup.seen(user, fp, now);
                 let ack = Frame::server_ack(dialect, crate::protocol::SERVER_ID, user, fp);
                 self.push(&ack, ServerKind::Ack);
                 if duplicate {
@@ -405,7 +425,16 @@ impl Session {
             shared.hooks.on_c2s_message(&frame);
             return;
         }
-        let text = frame.to_json();
+        // Rewriting `from` (and writing the fields the sender left out) can push a
+        // frame over the limit; the receiver's link would be closed by it.
+        let Ok(text) = frame.encode_with_limit(shared.config.max_frame_bytes) else {
+            shared.metrics.reject(RejectReason::FrameTooLarge);
+            self.push_error(
+                ERROR_INVALID_FRAME,
+                "the forwarded frame would exceed the frame limit",
+            );
+            return;
+        };
         let delivered = {
             let mut state = shared.lock();
             match state.online.get(&to).map(|r| r.session) {

@@ -2,7 +2,7 @@
 //! QoS frames with their deadlines, and the client-to-server dedup window.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use super::config::ServerConfig;
 use super::hooks::ServerHooks;
 use super::metrics::{Metrics, MetricsSnapshot, RejectReason};
+use crate::client::{DedupConfig, QosReceiveFilter};
 use crate::protocol::{Frame, KickoutCode, ServerKind};
 
 /// Resolves once the server is shutting down (at once if it already is).
@@ -75,47 +76,37 @@ struct Deadline {
     fp: String,
 }
 
-/// Client-to-server QoS fingerprints seen within the window, keyed by (user, fp).
-///
-/// The window is fixed, so insertion order is expiry order: a FIFO of deadlines, with
-/// refreshed keys leaving stale entries that are skipped when they reach the front.
+/// The client-to-server dedup window, keyed by user and fingerprint: the client's
+/// [`QosReceiveFilter`] (deadline queue, bounded size) on the server's clock.
 #[derive(Debug)]
 pub(crate) struct Dedup {
-    window: Duration,
-    expires: HashMap<(String, String), Instant>,
-    order: VecDeque<(Instant, (String, String))>,
+    epoch: Instant,
+    filter: QosReceiveFilter,
 }
 
 impl Dedup {
-    pub fn new(window: Duration) -> Self {
+    pub fn new(window: Duration, max_entries: usize) -> Self {
         Self {
-            window,
-            expires: HashMap::new(),
-            order: VecDeque::new(),
+            epoch: Instant::now(),
+            filter: QosReceiveFilter::new(DedupConfig {
+                window,
+                max_entries,
+            }),
         }
     }
 
-    /// Records `key` at `now`; true when it was already there (a duplicate copy).
-    pub fn seen(&mut self, key: (String, String), now: Instant) -> bool {
-        while let Some((at, _)) = self.order.front() {
-            if *at > now {
-                break;
-            }
-            if let Some((at, k)) = self.order.pop_front()
-                && self.expires.get(&k) == Some(&at)
-            {
-                self.expires.remove(&k);
-            }
-        }
-        let at = now + self.window;
-        let duplicate = self.expires.insert(key.clone(), at).is_some();
-        self.order.push_back((at, key));
-        duplicate
+    /// Records `(user, fp)` at `now`; true when it was already there (a duplicate).
+    pub fn seen(&mut self, user: &str, fp: &str, now: Instant) -> bool {
+        // The length prefix keeps the keys of different users apart.
+        let key = format!("{}:{user}{fp}", user.len());
+        !self
+            .filter
+            .accept(&key, now.saturating_duration_since(self.epoch))
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.expires.len()
+        self.filter.len()
     }
 }
 
@@ -160,7 +151,7 @@ impl Shared {
         local_addr: SocketAddr,
         metrics_addr: Option<SocketAddr>,
     ) -> Self {
-        let dedup = Dedup::new(config.c2s_dedup_window);
+        let dedup = Dedup::new(config.c2s_dedup_window, config.c2s_dedup_max_entries);
         Self {
             config,
             hooks,
@@ -341,19 +332,36 @@ mod tests {
     #[test]
     fn dedup_remembers_for_the_window_and_refreshes() {
         let t0 = Instant::now();
-        let mut d = Dedup::new(Duration::from_secs(10));
-        let k = || ("alice".to_owned(), "fp".to_owned());
-        assert!(!d.seen(k(), t0));
+        let mut d = Dedup::new(Duration::from_secs(10), 1000);
+        assert!(!d.seen("alice", "fp", t0));
         assert!(
-            d.seen(k(), t0 + Duration::from_secs(5)),
+            d.seen("alice", "fp", t0 + Duration::from_secs(5)),
             "within the window"
         );
         // Refreshed at 5 s, so still known at 14 s.
-        assert!(d.seen(k(), t0 + Duration::from_secs(14)));
-        assert!(!d.seen(k(), t0 + Duration::from_secs(25)), "expired");
-        assert!(!d.seen(("bob".into(), "fp".into()), t0 + Duration::from_secs(25)));
+        assert!(d.seen("alice", "fp", t0 + Duration::from_secs(14)));
+        assert!(
+            !d.seen("alice", "fp", t0 + Duration::from_secs(25)),
+            "expired"
+        );
+        assert!(!d.seen("bob", "fp", t0 + Duration::from_secs(25)));
         assert_eq!(d.len(), 2);
-        assert!(!d.seen(("carol".into(), "x".into()), t0 + Duration::from_secs(60)));
+        assert!(!d.seen("carol", "x", t0 + Duration::from_secs(60)));
         assert_eq!(d.len(), 1, "expired keys are dropped, not kept forever");
+    }
+
+    #[test]
+    fn dedup_is_bounded_under_a_flood_of_fingerprints() {
+        let t0 = Instant::now();
+        let mut d = Dedup::new(Duration::from_secs(600), 100);
+        for i in 0..10_000 {
+            assert!(!d.seen("mallory", &i.to_string(), t0));
+        }
+        assert_eq!(d.len(), 100);
+        assert!(!d.seen("a:b", "c", t0));
+        assert!(
+            !d.seen("a", "b:c", t0),
+            "keys of different users never collide"
+        );
     }
 }
