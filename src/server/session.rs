@@ -591,6 +591,10 @@ async fn hold_silently<S: AsyncRead + Unpin>(
     read_timeout: Duration,
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) {
+    // Upstream holds such a socket for as long as bytes keep trickling in; a cap of a
+    // few read timeouts keeps a trickle from occupying a connection slot for ever.
+    let give_up = tokio::time::sleep(read_timeout.saturating_mul(4));
+    tokio::pin!(give_up);
     let mut buf = [0u8; 1024];
     loop {
         tokio::select! {
@@ -598,6 +602,7 @@ async fn hold_silently<S: AsyncRead + Unpin>(
                 Ok(Ok(n)) if n > 0 => continue,
                 _ => return,
             },
+            _ = &mut give_up => return,
             _ = super::state::until_shutdown(shutdown) => return,
         }
     }
