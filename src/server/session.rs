@@ -517,24 +517,60 @@ struct SessionCleanup {
     shared: Arc<Shared>,
     id: SessionId,
     end: LogoutReason,
+    /// Set once the session left routing: the user it was routed as, if any.
+    unrouted: Option<Option<String>>,
+}
+
+impl SessionCleanup {
+    /// Takes the session out of routing, so that nothing more is handed to a socket
+    /// that is closing; the logout hook still runs when the cleanup is dropped.
+    fn unroute(&mut self) {
+        if self.unrouted.is_some() {
+            return;
+        }
+        let mut state = self.shared.lock();
+        let user = state.sessions.remove(&self.id).and_then(|e| e.user);
+        let user = match user {
+            Some(u) if state.online.get(&u).is_some_and(|r| r.session == self.id) => {
+                state.online.remove(&u);
+                Some(u)
+            }
+            _ => None,
+        };
+        self.unrouted = Some(user);
+    }
 }
 
 impl Drop for SessionCleanup {
     fn drop(&mut self) {
-        let hook = {
-            let mut state = self.shared.lock();
-            let user = state.sessions.remove(&self.id).and_then(|e| e.user);
-            match user {
-                Some(u) if state.online.get(&u).is_some_and(|r| r.session == self.id) => {
-                    state.online.remove(&u);
-                    Some(u)
-                }
-                _ => None,
-            }
-        };
-        if let Some(user) = hook {
+        self.unroute();
+        if let Some(Some(user)) = self.unrouted.take() {
             self.shared.hooks.on_logout(&user, self.end);
         }
+    }
+}
+
+/// Writes the frames already handed to this socket (their senders may hold relay
+/// ACKs for them), within `linger`. Call after [`SessionCleanup::unroute`], so that
+/// no more can arrive.
+async fn flush_queued<S>(
+    ws: &mut WebSocketStream<S>,
+    shared: &Shared,
+    rx: &mut mpsc::UnboundedReceiver<Command>,
+    queued: &AtomicUsize,
+    linger: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = Vec::new();
+    while let Ok(cmd) = rx.try_recv() {
+        if let Command::Send(o) = cmd {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            out.push(o);
+        }
+    }
+    if !out.is_empty() {
+        let _ = timeout(linger, write_out(ws, shared, out)).await;
     }
 }
 
@@ -690,6 +726,7 @@ async fn serve_socket<S>(
         shared: shared.clone(),
         id,
         end: LogoutReason::Closed,
+        unrouted: None,
     };
     let linger = shared.config.close_linger;
     let read_timeout = shared.config.read_timeout;
@@ -699,14 +736,8 @@ async fn serve_socket<S>(
         tokio::select! {
             biased;
             _ = super::state::until_shutdown(&mut shutdown) => {
-                // Frames already queued for this socket (a forwarded message whose
-                // sender got the relay ACK) go out before the close.
-                let mut queued_out = Vec::new();
-                while let Ok(Command::Send(out)) = rx.try_recv() {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    queued_out.push(out);
-                }
-                let _ = timeout(linger, write_out(&mut ws, &shared, queued_out)).await;
+                cleanup.unroute();
+                flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
                 send_close(&mut ws, 1001, "Going away", linger).await;
                 cleanup.end = LogoutReason::Shutdown;
                 break;
@@ -727,6 +758,8 @@ async fn serve_socket<S>(
                     );
                     Metrics::inc(&shared.metrics.kickouts);
                     let out = Outgoing { text: kick.to_json(), kind: ServerKind::Kickout };
+                    cleanup.unroute();
+                    flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
                     if write_out(&mut ws, &shared, [out]).await {
                         send_close(&mut ws, 1000, BYE, linger).await;
                     }
@@ -777,6 +810,8 @@ async fn serve_socket<S>(
                     break;
                 }
                 if let Step::Close { code, reason, end } = step {
+                    cleanup.unroute();
+                    flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
                     send_close(&mut ws, code, &reason, linger).await;
                     cleanup.end = end;
                     break;
@@ -784,6 +819,8 @@ async fn serve_socket<S>(
             }
             _ = sleep_until(deadline) => {
                 shared.metrics.reject(RejectReason::ReadTimeout);
+                cleanup.unroute();
+                flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
                 send_close(&mut ws, 1000, BYE, linger).await;
                 cleanup.end = LogoutReason::TimedOut;
                 break;
