@@ -5,6 +5,8 @@
 //! cargo run --example headless_bot -- --url ws://127.0.0.1:3000/websocket \
 //!     --user alice --to bob --send "hi bob" --count 3 --quit-after 10
 //! cargo run --example headless_bot -- --url ws://127.0.0.1:3000/websocket --user bob --echo
+//! cargo run --example headless_bot -- --url wss://localhost:3443/websocket \
+//!     --trust-cert assets/dev-tls/localhost.cert.pem
 //! ```
 
 use std::time::Duration;
@@ -43,6 +45,10 @@ struct Args {
     /// Send back to its sender whatever the bot receives.
     #[arg(long)]
     echo: bool,
+    /// A PEM certificate to trust for `wss://` (such as the development certificate
+    /// in `assets/dev-tls/`), beside the public roots.
+    #[arg(long)]
+    trust_cert: Option<std::path::PathBuf>,
     /// Log out and exit after this many seconds (default: run until stopped, or 5 s
     /// with the in-process server).
     #[arg(long)]
@@ -76,7 +82,18 @@ fn main() -> AppExit {
         }
     }
     let url = args.url.clone().unwrap_or_default();
-    let config = ImConfig::new(url).dialect(args.dialect);
+    let mut config = ImConfig::new(url).dialect(args.dialect);
+    if let Some(path) = &args.trust_cert {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        match CertificateDer::from_pem_file(path) {
+            Ok(cert) => config = config.trust_certificate(cert.to_vec()),
+            Err(e) => {
+                eprintln!("--trust-cert {}: {e}", path.display());
+                return AppExit::error();
+            }
+        }
+    }
     App::new()
         .add_plugins(
             MinimalPlugins.set(ScheduleRunnerPlugin::run_loop(Duration::from_secs_f64(
@@ -173,6 +190,10 @@ struct Events<'w, 's> {
 }
 
 fn print_events(mut e: Events) {
+    // Link errors first: they explain the login failure or close that follows.
+    for m in e.link_error.read() {
+        println!("link error: {}", m.error);
+    }
     for m in e.ok.read() {
         println!(
             "logged in user={} relogin={} first_login_time={}",
@@ -211,9 +232,6 @@ fn print_events(mut e: Events) {
     }
     for m in e.out.read() {
         println!("logged out code={}", m.code.code());
-    }
-    for m in e.link_error.read() {
-        println!("link error: {}", m.error);
     }
     for m in e.bad.read() {
         println!("bad frame: {}", m.problem);

@@ -10,7 +10,7 @@ use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_im::prelude::*;
-use bevy_im::server::{AcceptAll, RunningServer, ServerConfig, spawn_background};
+use bevy_im::server::{AcceptAll, RunningServer, ServerConfig, TlsConfig, spawn_background};
 
 /// Everything a client app heard, in order.
 #[derive(Resource, Default, Debug)]
@@ -207,5 +207,51 @@ fn a_client_survives_a_server_restart_and_settles_what_was_pending() {
                 .iter()
                 .any(|d| d.content == "after the restart")
     });
+    server.shutdown();
+}
+
+#[test]
+fn the_development_certificate_carries_a_chat_over_wss() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/dev-tls");
+    let server = spawn_background(
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: Some(TlsConfig::from_pem_files(
+                format!("{dir}/localhost.cert.pem"),
+                format!("{dir}/localhost.key.pem"),
+            )),
+            ..ServerConfig::default()
+        },
+        AcceptAll,
+    )
+    .unwrap();
+    let url = server.url();
+    assert!(url.starts_with("wss://127.0.0.1:"), "{url}");
+    let pem = std::fs::read_to_string(format!("{dir}/localhost.cert.pem")).unwrap();
+    let der = {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        CertificateDer::from_pem_slice(pem.as_bytes())
+            .unwrap()
+            .to_vec()
+    };
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
+            50,
+        )))
+        .add_plugins(ImClientPlugin::new(
+            ImConfig::new(url).trust_certificate(der),
+        ))
+        .init_resource::<Heard>()
+        .add_systems(Update, listen);
+    app.update();
+    app.world_mut()
+        .run_system_once(|mut im: ImClient| im.login(LoginRequest::new("alice", "t")).unwrap())
+        .unwrap();
+    pump(&mut [&mut app], |a| heard(a[0]).logins.len() == 1);
+    let fp = send(&mut app, "alice", "over tls");
+    pump(&mut [&mut app], |a| heard(a[0]).delivered.contains(&fp));
+    assert_eq!(heard(&app).data[0].content, "over tls");
     server.shutdown();
 }
