@@ -16,7 +16,7 @@ pub mod prelude {
     pub use crate::plugin::{
         BadFrame, DataReceived, ImClient, ImClientPlugin, ImConfig, ImInbox, ImSystems,
         KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded,
-        MessageDelivered, MessagesLost, ReloginStarted, SendResult, ServerError,
+        MessageDelivered, MessagesLost, ReloginStarted, SendResult, SendThrottled, ServerError,
     };
     pub use crate::protocol::{Dialect, KickoutCode, ResultCode};
 }

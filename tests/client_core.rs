@@ -423,11 +423,69 @@ fn error_301_reports_and_relogs_in_after_the_delay() {
 }
 
 #[test]
-fn other_server_errors_are_reported_and_keep_the_session() {
+fn a_throttled_message_is_resent_after_a_backoff_and_is_no_server_error() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    let fp =
+        t.c.core()
+            .send(Outgoing::new("bob", "x"), s(0))
+            .unwrap()
+            .unwrap();
+    let original = t.sent().remove(0);
+    // The server refuses it for its rate limit: the error frame carries the frame.
+    t.server(
+        Frame::error_response(&ErrorResponse {
+            error_code: 429,
+            error_msg: original.to_json(),
+        }),
+        ms(100),
+    );
+    assert_eq!(
+        t.events(),
+        [ClientEvent::SendThrottled {
+            fp: Some(fp.clone()),
+            retry_in: Some(ms(500)),
+        }]
+    );
+    t.c.core().tick(ms(599));
+    assert!(t.sent().is_empty());
+    t.c.core().tick(ms(600));
+    assert_eq!(t.sent(), [original], "the same frame, after the back-off");
+    t.server(
+        Frame::server_ack(Dialect::Seed, "bob", "alice", &fp),
+        ms(700),
+    );
+    assert_eq!(t.events(), [ClientEvent::MessageDelivered { fp }]);
+    assert_eq!(t.c.out.stats.throttled, 1);
+    assert_eq!(t.c.out.stats.resends, 0, "a throttled retry is not a resend");
+}
+
+#[test]
+fn a_throttled_frame_that_is_not_pending_is_reported_but_not_resent() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
     t.server(
         Frame::error_response(&ErrorResponse {
             error_code: 429,
+            error_msg: Frame::keepalive("alice").to_json(),
+        }),
+        s(1),
+    );
+    assert_eq!(
+        t.events(),
+        [ClientEvent::SendThrottled {
+            fp: None,
+            retry_in: None
+        }]
+    );
+    t.c.core().tick(s(2));
+    assert!(t.sent().is_empty());
+}
+
+#[test]
+fn other_server_errors_are_reported_and_keep_the_session() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    t.server(
+        Frame::error_response(&ErrorResponse {
+            error_code: 500,
             error_msg: "slow down".into(),
         }),
         s(1),
@@ -435,7 +493,7 @@ fn other_server_errors_are_reported_and_keep_the_session() {
     assert_eq!(
         t.events(),
         [ClientEvent::ServerError {
-            code: 429,
+            code: 500,
             msg: "slow down".into()
         }]
     );
@@ -615,7 +673,14 @@ fn a_stalled_login_times_out() {
 #[test]
 fn logout_sends_the_logout_frame_only_when_logged_in() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    t.c.core().send(Outgoing::new("bob", "x"), s(0)).unwrap();
+    let fps: Vec<String> = (0..3)
+        .map(|i| {
+            t.c.core()
+                .send(Outgoing::new("bob", format!("m{i}")), s(0))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
     t.sent();
     assert_eq!(t.c.core().logout(), ResultCode::Ok);
     let actions = t.actions();
@@ -625,12 +690,19 @@ fn logout_sends_the_logout_frame_only_when_logged_in() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(
-        t.events(),
-        [ClientEvent::LoggedOut {
-            code: ResultCode::Ok
-        }]
-    );
+    // The three unconfirmed messages are reported lost, in order, before LoggedOut.
+    match &t.events()[..] {
+        [
+            ClientEvent::MessagesLost(lost),
+            ClientEvent::LoggedOut {
+                code: ResultCode::Ok,
+            },
+        ] => {
+            let lost: Vec<String> = lost.iter().map(|f| f.fp.clone().unwrap()).collect();
+            assert_eq!(lost, fps);
+        }
+        other => panic!("{other:?}"),
+    }
     t.c.core().tick(s(60));
     assert!(
         t.actions().is_empty(),
@@ -777,14 +849,22 @@ fn a_message_is_lost_on_time_even_if_the_link_keeps_coming_back() {
             .send(Outgoing::new("bob", "x"), s(0))
             .unwrap()
             .unwrap();
+    let mut writes = 0;
     let mut lost_at = None;
-    for second in 1..=12u64 {
-        // Every second the link drops and the re-login succeeds at once.
-        t.c.core().on_link_closed(None, "reset", s(second));
-        t.c.core().tick(s(second));
-        t.c.core().on_link_opened(s(second));
-        t.server(login_ok("alice", 5), s(second));
-        t.c.core().tick(s(second));
+    for second in 0..=12u64 {
+        if second > 0 {
+            // Every second the link drops and the re-login succeeds at once.
+            t.c.core().on_link_closed(None, "reset", s(second));
+            t.c.core().tick(s(second));
+            t.c.core().on_link_opened(s(second));
+            t.server(login_ok("alice", 5), s(second));
+            t.c.core().tick(s(second));
+        }
+        writes += t
+            .sent()
+            .iter()
+            .filter(|f| f.fp.as_deref() == Some(&*fp))
+            .count();
         if t.events()
             .iter()
             .any(|e| matches!(e, ClientEvent::MessagesLost(f) if f[0].fp.as_deref() == Some(&*fp)))
@@ -793,7 +873,121 @@ fn a_message_is_lost_on_time_even_if_the_link_keeps_coming_back() {
             break;
         }
     }
-    assert_eq!(lost_at, Some(9), "9 s after the send, as without faults");
+    // Sent at 0 s; the re-login at 1 s writes it as resend 1 (next due at 4 s). The
+    // link that drops again at 2 s backs off, so resend 2 comes due at 4 s while it
+    // is down and is written once the next re-login succeeds; the loss follows 3 s
+    // after it was due. Never written a fourth time, never later than 9 s.
+    assert_eq!(writes, 3);
+    assert_eq!(lost_at, Some(7));
+}
+
+#[test]
+fn a_relogin_flush_counts_as_a_resend() {
+    // The field report: a message never ACKed went out four times (original,
+    // re-login flush, two timed resends). Now: at most 1 + 2 writes.
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    let fp =
+        t.c.core()
+            .send(Outgoing::new("bob", "x"), s(0))
+            .unwrap()
+            .unwrap();
+    let mut writes = t.sent().len();
+    t.c.core().on_link_closed(None, "reset", ms(500));
+    t.c.core().tick(ms(500));
+    assert_eq!(t.actions(), [Action::Connect]);
+    t.c.core().on_link_opened(ms(600));
+    t.server(login_ok("alice", 5), ms(600));
+    let flushed = t.sent();
+    assert_eq!(flushed.len(), 2, "login frame and the pending message");
+    writes += 1;
+    // The flush was resend 1: resend 2 comes 3 s later, the loss 3 s after that.
+    for at in [ms(3_599), ms(3_600), ms(6_599), ms(6_600)] {
+        t.c.core().tick(at);
+        writes += t
+            .sent()
+            .iter()
+            .filter(|f| f.fp.as_deref() == Some(&*fp))
+            .count();
+    }
+    assert_eq!(writes, 3);
+    assert_eq!(t.c.out.stats.resends, 2);
+    assert!(matches!(&t.events()[..], [.., ClientEvent::MessagesLost(f)] if f.len() == 1));
+}
+
+#[test]
+fn qos_messages_sent_while_relogging_are_queued_and_written_in_order() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    t.c.core().on_link_closed(None, "reset", s(1));
+    t.events();
+    let fps: Vec<String> = (0..100)
+        .map(|i| {
+            t.c.core()
+                .send(Outgoing::new("bob", format!("m{i}")), s(1))
+                .expect("queued, not refused")
+                .unwrap()
+        })
+        .collect();
+    // Without QoS nothing can be kept for later: refused as before.
+    assert_eq!(
+        t.c.core().send(Outgoing::new("bob", "x").qos(false), s(1)),
+        Err(ResultCode::NoLogin)
+    );
+    t.c.core().tick(s(1));
+    assert_eq!(t.actions(), [Action::Connect], "nothing written while down");
+    t.c.core().on_link_opened(s(2));
+    t.sent();
+    t.server(login_ok("alice", 5), s(2));
+    let written: Vec<String> = t.sent().into_iter().filter_map(|f| f.fp).collect();
+    assert_eq!(written, fps, "all 100, once, in order");
+    for fp in &fps {
+        t.server(Frame::server_ack(Dialect::Seed, "0", "alice", fp), s(2));
+    }
+    let delivered = t
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, ClientEvent::MessageDelivered { .. }))
+        .count();
+    assert_eq!(delivered, 100);
+    assert_eq!(t.c.out.stats.resends, 0, "first writes, not resends");
+}
+
+#[test]
+fn the_queue_while_relogging_is_bounded_and_loses_on_time() {
+    let mut t = Script::with(ClientConfig {
+        max_queued: 2,
+        jitter_seed: Some(1),
+        ..ClientConfig::default()
+    });
+    t.c.core()
+        .login(LoginRequest::new("alice", "secret"), s(0))
+        .unwrap();
+    t.c.core().on_link_opened(s(0));
+    t.server(login_ok("alice", 5), s(0));
+    t.c.core().on_link_closed(None, "reset", s(0));
+    t.events();
+    for _ in 0..2 {
+        t.c.core().send(Outgoing::new("bob", "x"), s(0)).unwrap();
+    }
+    assert_eq!(
+        t.c.core().send(Outgoing::new("bob", "x"), s(0)),
+        Err(ResultCode::NoLogin),
+        "a full queue refuses"
+    );
+    // The link never returns: both are lost 9 s after they were sent.
+    t.c.core().tick(ms(8_999));
+    assert!(!t.events().iter().any(|e| matches!(e, ClientEvent::MessagesLost(_))));
+    t.c.core().tick(s(9));
+    assert!(matches!(&t.events()[..], [.., ClientEvent::MessagesLost(f)] if f.len() == 2));
+}
+
+#[test]
+fn release_reports_waiting_messages_lost() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    t.c.core().send(Outgoing::new("bob", "x"), s(0)).unwrap();
+    t.c.core().release();
+    assert!(matches!(&t.events()[..], [ClientEvent::MessagesLost(f)] if f.len() == 1));
+    t.c.core().tick(s(60));
+    assert!(t.events().is_empty(), "reported once");
 }
 
 #[test]

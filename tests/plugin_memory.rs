@@ -438,7 +438,7 @@ fn kickout_in_the_seed_dialect_stops_the_client_for_good() {
 fn logout_sends_the_logout_frame_and_reports_it() {
     let mut h = Harness::new(Harness::config(Dialect::Seed));
     h.login("alice", 1);
-    h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "pending")).unwrap());
+    let fp = h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "pending")).unwrap());
     let code = h.run(|mut im: ImClient| im.logout());
     assert_eq!(code, ResultCode::Ok);
     h.step();
@@ -450,12 +450,13 @@ fn logout_sends_the_logout_frame_and_reports_it() {
             code: ResultCode::Ok
         }]
     );
+    // The unconfirmed message is reported lost, once.
+    let lost = h.got::<MessagesLost>();
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].frames[0].fp, fp);
     assert!(!h.peer.is_open());
     h.steps(150);
-    assert!(
-        h.got::<MessagesLost>().is_empty(),
-        "logout clears without reporting"
-    );
+    assert!(h.got::<MessagesLost>().is_empty(), "reported once");
     assert_eq!(h.peer.connects().len(), 1);
 }
 

@@ -10,7 +10,9 @@ use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
 use bevy_im::prelude::*;
-use bevy_im::server::{AcceptAll, RunningServer, ServerConfig, TlsConfig, spawn_background};
+use bevy_im::server::{
+    AcceptAll, RateLimit, RunningServer, ServerConfig, TlsConfig, spawn_background,
+};
 
 /// Everything a client app heard, in order.
 #[derive(Resource, Default, Debug)]
@@ -19,6 +21,8 @@ struct Heard {
     data: Vec<DataReceived>,
     delivered: Vec<String>,
     lost: Vec<String>,
+    throttled: Vec<SendThrottled>,
+    server_errors: usize,
     closed: usize,
 }
 
@@ -29,7 +33,11 @@ fn listen(
     mut delivered: MessageReader<MessageDelivered>,
     mut lost: MessageReader<MessagesLost>,
     mut closed: MessageReader<LinkClosed>,
+    mut throttled: MessageReader<SendThrottled>,
+    mut server_errors: MessageReader<ServerError>,
 ) {
+    heard.throttled.extend(throttled.read().cloned());
+    heard.server_errors += server_errors.read().count();
     heard.logins.extend(ok.read().cloned());
     heard.data.extend(data.read().cloned());
     heard
@@ -44,12 +52,16 @@ fn listen(
 }
 
 fn server_at(addr: SocketAddr, dialect: Dialect) -> RunningServer {
-    let config = ServerConfig {
+    server_with(ServerConfig {
         listen: addr,
         dialect,
         shutdown_timeout: Duration::from_secs(2),
         ..ServerConfig::default()
-    };
+    })
+}
+
+fn server_with(config: ServerConfig) -> RunningServer {
+    let addr = config.listen;
     // A restart may find the port briefly busy; retry for a bounded time.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -148,6 +160,55 @@ fn two_apps_chat_both_ways_with_qos_in_the_seed_dialect() {
 #[test]
 fn two_apps_chat_both_ways_with_qos_in_the_v6_dialect() {
     two_apps_chat_both_ways(Dialect::MobileImSdkV6);
+}
+
+#[test]
+fn throttled_messages_are_retried_until_delivered_without_a_server_error() {
+    // A bucket of 5 with a fast refill: a burst of 30 messages is mostly refused
+    // at first, and every refused one must still arrive, once.
+    let server = server_with(ServerConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        rate_limit: Some(RateLimit {
+            per_second: 1000,
+            burst: 5,
+        }),
+        ..ServerConfig::default()
+    });
+    let mut alice = client(&server.url(), Dialect::Seed, "alice");
+    let mut bob = client(&server.url(), Dialect::Seed, "bob");
+    pump(&mut [&mut alice, &mut bob], |a| {
+        a.iter().all(|app| heard(app).logins.len() == 1)
+    });
+    let sent: Vec<String> = (0..30)
+        .map(|i| send(&mut alice, "bob", &format!("m{i}")))
+        .collect();
+    pump(&mut [&mut alice, &mut bob], |a| {
+        heard(a[0]).delivered.len() + heard(a[0]).lost.len() == sent.len()
+            && heard(a[1]).data.len() >= heard(a[0]).delivered.len()
+    });
+    let a = heard(&alice);
+    assert!(a.lost.is_empty(), "lost: {:?}", a.lost);
+    let mut delivered = a.delivered.clone();
+    delivered.sort();
+    let mut expected = sent.clone();
+    expected.sort();
+    assert_eq!(delivered, expected, "every message delivered once");
+    let mut received: Vec<String> = heard(&bob)
+        .data
+        .iter()
+        .filter_map(|d| d.fp.clone())
+        .collect();
+    received.sort();
+    assert_eq!(received, expected, "bob got each message once");
+    assert!(
+        a.throttled
+            .iter()
+            .any(|t| t.fp.is_some() && t.retry_in.is_some()),
+        "the burst was throttled: {:?}",
+        a.throttled
+    );
+    assert_eq!(a.server_errors, 0, "throttling is not an error");
+    server.shutdown();
 }
 
 #[test]

@@ -16,6 +16,10 @@ use super::{
 /// The error code upstream uses for "not logged in" inside an error frame.
 const NOT_LOGGED_IN: i32 = 301;
 
+/// The error code of a frame refused for the server's rate limit (`im-server`'s
+/// `ERROR_RATE_LIMITED`, HTTP's 429).
+pub const RATE_LIMITED: i32 = 429;
+
 /// The parts of one client, borrowed together. Each method takes `now` and records
 /// what to do in [`CoreOutput`].
 pub struct Core<'a> {
@@ -141,11 +145,7 @@ impl Core<'_> {
         self.keepalive.stop();
         self.relogin.stop();
         if self.session.user_id() != Some(info.login_user_id.as_str()) {
-            let lost = self.qos_send.drain();
-            if !lost.is_empty() {
-                self.out.stats.lost += lost.len() as u64;
-                self.emit(ClientEvent::MessagesLost(lost));
-            }
+            self.report_lost();
             self.qos_recv.clear();
         }
         self.session.login = Some(info);
@@ -178,11 +178,14 @@ impl Core<'_> {
         code
     }
 
-    /// Stops everything and forgets the login and both QoS tables, reporting nothing.
+    /// Stops everything and forgets the login and both QoS tables. Messages still
+    /// waiting for an ACK are reported lost ([`ClientEvent::MessagesLost`]), so every
+    /// QoS message ends delivered or lost exactly once.
     pub fn release(&mut self) {
         if self.session.state != SessionState::Disconnected {
             self.close_link();
         }
+        self.report_lost();
         self.reset_daemons();
         self.session.state = SessionState::Disconnected;
         self.session.login = None;
@@ -193,18 +196,35 @@ impl Core<'_> {
     fn reset_daemons(&mut self) {
         self.keepalive.stop();
         self.relogin.stop();
-        self.qos_send.clear();
         self.qos_recv.clear();
+    }
+
+    /// Reports every message still waiting for an ACK as lost.
+    fn report_lost(&mut self) {
+        let lost = self.qos_send.drain();
+        if !lost.is_empty() {
+            self.out.stats.lost += lost.len() as u64;
+            self.emit(ClientEvent::MessagesLost(lost));
+        }
     }
 
     /// Queues a data frame. Returns its fingerprint (`None` for a message without QoS
     /// and without a caller fingerprint), or a code with nothing written: 203 after
     /// release, 1 when not logged in, 4 for an empty receiver or a frame over the limit.
+    ///
+    /// While an automatic re-login is under way a QoS message is not refused: it
+    /// waits (at most [`ClientConfig::max_queued`] of them) and is written, in order,
+    /// once logged in again, keeping its fingerprint and its deadlines.
     pub fn send(&mut self, msg: Outgoing, now: Duration) -> Result<Option<String>, ResultCode> {
         if self.session.released {
             return Err(ResultCode::ClientSdkNotInitialized);
         }
-        if self.session.state != SessionState::LoggedIn {
+        let queue = self.session.state != SessionState::LoggedIn;
+        if queue
+            && !(msg.qos
+                && self.session.is_relogging()
+                && self.qos_send.owed() < self.session.config.max_queued)
+        {
             return Err(ResultCode::NoLogin);
         }
         if msg.to.is_empty() {
@@ -222,14 +242,16 @@ impl Core<'_> {
             .encode_with_limit(self.session.config.max_frame_bytes)
             .map_err(|_| ResultCode::InvalidProtocol)?;
         let fp = frame.fp.clone();
-        self.out.stats.frames_out += 1;
-        self.out.actions.push(Action::Send {
-            text,
-            fp: fp.clone(),
-            report: true,
-        });
+        if !queue {
+            self.out.stats.frames_out += 1;
+            self.out.actions.push(Action::Send {
+                text,
+                fp: fp.clone(),
+                report: true,
+            });
+        }
         if frame.qos {
-            self.qos_send.track(frame, now);
+            self.qos_send.track(frame, !queue, now);
         }
         Ok(fp)
     }
@@ -383,9 +405,10 @@ impl Core<'_> {
             relogin,
             first_login_time,
         });
-        for frame in self.qos_send.pending_frames() {
-            self.out.stats.resends += 1;
-            self.write(&frame, false);
+        let (frames, resends) = self.qos_send.login_flush(now);
+        self.out.stats.resends += resends;
+        for frame in &frames {
+            self.write(frame, false);
         }
     }
 
@@ -398,6 +421,10 @@ impl Core<'_> {
             }
         };
         let code = error.error_code;
+        if code == RATE_LIMITED {
+            self.on_throttled(&error.error_msg, now);
+            return;
+        }
         self.emit(ClientEvent::ServerError {
             code,
             msg: error.error_msg,
@@ -421,6 +448,19 @@ impl Core<'_> {
         }
     }
 
+    /// The server refused a frame for its rate limit; upstream's error frames carry
+    /// the refused frame as their message. A pending QoS message is written again
+    /// after a back-off; the game hears [`ClientEvent::SendThrottled`].
+    fn on_throttled(&mut self, refused: &str, now: Duration) {
+        self.out.stats.throttled += 1;
+        let fp = Frame::decode(refused)
+            .ok()
+            .filter(|f| f.client_kind() == crate::protocol::ClientKind::Data)
+            .and_then(|f| f.fp);
+        let retry_in = fp.as_deref().and_then(|fp| self.qos_send.throttled(fp, now));
+        self.emit(ClientEvent::SendThrottled { fp, retry_in });
+    }
+
     fn on_kickout(&mut self, frame: &Frame) {
         let info: KickoutInfo = decode_body(frame.data_content.as_deref()).unwrap_or_else(|e| {
             self.emit(ClientEvent::BadFrame(e.into()));
@@ -429,11 +469,7 @@ impl Core<'_> {
                 reason: None,
             }
         });
-        let lost = self.qos_send.drain();
-        if !lost.is_empty() {
-            self.out.stats.lost += lost.len() as u64;
-            self.emit(ClientEvent::MessagesLost(lost));
-        }
+        self.report_lost();
         if self.session.state != SessionState::Disconnected {
             self.close_link();
         }
@@ -497,11 +533,11 @@ impl Core<'_> {
     /// QoS send: resends and losses due now. While the link is down a due resend
     /// still counts, so a message is reported lost on time even if no link returns.
     pub fn tick_qos_send(&mut self, now: Duration) {
-        let due = self.qos_send.tick(now);
-        if self.session.state == SessionState::LoggedIn {
-            for frame in &due.resend {
-                self.write(frame, false);
-            }
+        let due = self
+            .qos_send
+            .tick(now, self.session.state == SessionState::LoggedIn);
+        for frame in due.resend.iter().chain(&due.retry) {
+            self.write(frame, false);
         }
         self.out.stats.resends += due.resend.len() as u64;
         if !due.lost.is_empty() {

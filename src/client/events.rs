@@ -69,8 +69,21 @@ pub enum ClientEvent {
         /// The server's message; upstream puts the rejected frame here.
         msg: String,
     },
-    /// QoS messages that were never ACKed (the seed's `handleMessageLost`).
+    /// QoS messages that were never ACKed (the seed's `handleMessageLost`), or that
+    /// were still waiting when the session ended (logout, release, kickout, another
+    /// user's login).
     MessagesLost(Vec<Frame>),
+    /// The server refused a frame for its rate limit (error 429). Not a failure: a
+    /// QoS message stays pending and is written again after `retry_in`.
+    SendThrottled {
+        /// The refused message's fingerprint, when the refused frame was data and
+        /// named one.
+        fp: Option<String>,
+        /// When the message is written again; `None` when it is not (not a pending
+        /// QoS message, or its throttled retries are used up: its normal resends and
+        /// loss go on).
+        retry_in: Option<Duration>,
+    },
     /// The server ACKed a QoS message (the seed's `messagesBeReceivedCB`).
     MessageDelivered {
         /// The message's fingerprint.
@@ -133,6 +146,8 @@ pub struct CoreStats {
     pub lost: u64,
     /// Re-login attempts.
     pub relogins: u64,
+    /// Frames the server refused for its rate limit.
+    pub throttled: u64,
 }
 
 /// The queue of actions and events the core produced, drained by its driver.

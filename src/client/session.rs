@@ -28,6 +28,9 @@ pub struct ClientConfig {
     pub max_frame_bytes: usize,
     /// Seed for the re-login jitter; `None` picks a random one.
     pub jitter_seed: Option<u64>,
+    /// How many QoS messages sent while a re-login is under way wait for it (and are
+    /// then written in order); one more is refused with 1, as before any login.
+    pub max_queued: usize,
 }
 
 impl Default for ClientConfig {
@@ -42,6 +45,7 @@ impl Default for ClientConfig {
             login_timeout: Duration::from_secs(10),
             max_frame_bytes: MAX_FRAME_BYTES,
             jitter_seed: None,
+            max_queued: 1024,
         }
     }
 }
@@ -202,6 +206,16 @@ impl Session {
     /// The kickout that ended the session, if one did.
     pub fn kickout(&self) -> Option<&KickoutInfo> {
         self.kicked.as_ref()
+    }
+
+    /// Whether an automatic re-login is under way or scheduled: the session logged in
+    /// once, is not logged in now, and was not kicked, logged out or released.
+    pub fn is_relogging(&self) -> bool {
+        self.state != SessionState::LoggedIn
+            && self.login_has_init
+            && self.config.auto_relogin
+            && self.kicked.is_none()
+            && !self.released
     }
 
     /// Whether the client was released (or never logged in).

@@ -51,7 +51,8 @@ impl ImClient<'_> {
     }
 
     /// Logs out (the logout frame goes out only when logged in) and releases the
-    /// session. `LoggedOut` reports the same code.
+    /// session: `MessagesLost` reports the messages still waiting for an ACK, then
+    /// `LoggedOut` the same code.
     pub fn logout(&mut self) -> ResultCode {
         self.parts.core().logout()
     }
@@ -66,7 +67,8 @@ impl ImClient<'_> {
         self.parts.core().send(message, now)
     }
 
-    /// Stops everything and forgets the session, reporting nothing.
+    /// Stops everything and forgets the session. Messages still waiting for an ACK
+    /// are reported in `MessagesLost`.
     pub fn release(&mut self) {
         self.parts.core().release();
     }

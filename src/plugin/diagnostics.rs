@@ -15,6 +15,8 @@ pub const RESENDS: DiagnosticPath = DiagnosticPath::const_new("im/resends");
 pub const LOST: DiagnosticPath = DiagnosticPath::const_new("im/lost");
 /// Re-login attempts since start.
 pub const RELOGINS: DiagnosticPath = DiagnosticPath::const_new("im/relogins");
+/// Frames the server refused for its rate limit since start (they are retried).
+pub const THROTTLED: DiagnosticPath = DiagnosticPath::const_new("im/throttled");
 /// Frames received since start.
 pub const FRAMES_IN: DiagnosticPath = DiagnosticPath::const_new("im/frames_in");
 /// Frames sent since start.
@@ -27,6 +29,7 @@ pub(super) fn register(app: &mut App) {
         RESENDS,
         LOST,
         RELOGINS,
+        THROTTLED,
         FRAMES_IN,
         FRAMES_OUT,
     ] {
@@ -48,6 +51,7 @@ pub(super) fn measure(
     diagnostics.add_measurement(&RESENDS, || stats.resends as f64);
     diagnostics.add_measurement(&LOST, || stats.lost as f64);
     diagnostics.add_measurement(&RELOGINS, || stats.relogins as f64);
+    diagnostics.add_measurement(&THROTTLED, || stats.throttled as f64);
     diagnostics.add_measurement(&FRAMES_IN, || stats.frames_in as f64);
     diagnostics.add_measurement(&FRAMES_OUT, || stats.frames_out as f64);
 }

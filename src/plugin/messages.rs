@@ -60,12 +60,25 @@ pub struct ServerError {
     pub msg: String,
 }
 
-/// QoS messages the server never ACKed (`handleMessageLost`). The frames are
-/// complete, so the game can send their content again.
+/// QoS messages the server never ACKed (`handleMessageLost`), or that were still
+/// waiting when the session ended (logout, release, kickout, another user's login).
+/// The frames are complete, so the game can send their content again.
 #[derive(Message, Debug, Clone, PartialEq, Eq)]
 pub struct MessagesLost {
     /// The lost frames.
     pub frames: Vec<Frame>,
+}
+
+/// The server refused a frame for its rate limit (error 429). Not a failure: a QoS
+/// message stays pending, is written again after `retry_in`, and still ends in
+/// [`MessageDelivered`] or [`MessagesLost`]. [`ServerError`] is not written for it.
+#[derive(Message, Debug, Clone, PartialEq, Eq)]
+pub struct SendThrottled {
+    /// The refused message's fingerprint, when the refused frame was data and named one.
+    pub fp: Option<String>,
+    /// When it is written again; `None` when it is not (not a pending QoS message, or
+    /// its throttled retries are used up and its normal resends go on).
+    pub retry_in: Option<Duration>,
 }
 
 /// The server ACKed a QoS message (`messagesBeReceivedCB`): relayed to an online

@@ -28,7 +28,8 @@ pub use client::ImClient;
 pub use inbox::ImInbox;
 pub use messages::{
     BadFrame, DataReceived, KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed,
-    LoginSucceeded, MessageDelivered, MessagesLost, ReloginStarted, SendResult, ServerError,
+    LoginSucceeded, MessageDelivered, MessagesLost, ReloginStarted, SendResult, SendThrottled,
+    ServerError,
 };
 
 use crate::client::{
@@ -251,6 +252,7 @@ impl Plugin for ImClientPlugin {
             .add_message::<KeepaliveReply>()
             .add_message::<LinkError>()
             .add_message::<BadFrame>()
+            .add_message::<SendThrottled>()
             .configure_sets(PostUpdate, (ImSystems::Tick, ImSystems::Send).chain())
             .add_systems(
                 PreUpdate,
@@ -418,6 +420,7 @@ struct Writers<'w> {
     keepalive: MessageWriter<'w, KeepaliveReply>,
     link_error: MessageWriter<'w, LinkError>,
     bad_frame: MessageWriter<'w, BadFrame>,
+    throttled: MessageWriter<'w, SendThrottled>,
 }
 
 fn emit_messages(mut out: ResMut<CoreOutput>, mut inbox: ResMut<ImInbox>, mut w: Writers) {
@@ -481,6 +484,9 @@ fn emit_messages(mut out: ResMut<CoreOutput>, mut inbox: ResMut<ImInbox>, mut w:
             }
             ClientEvent::BadFrame(problem) => {
                 w.bad_frame.write(BadFrame { problem });
+            }
+            ClientEvent::SendThrottled { fp, retry_in } => {
+                w.throttled.write(SendThrottled { fp, retry_in });
             }
         }
     }
