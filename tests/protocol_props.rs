@@ -1,11 +1,13 @@
 //! Property tests for the protocol layer: the frame codec round-trips, decoding never
 //! panics and fails only with an error that names what was wrong, bodies round-trip,
-//! and the number tables turn every wire number into a meaning and back.
+//! the number tables turn every wire number into a meaning and back, lone surrogate
+//! escapes decode lossily in every string field, and body fields are coerced by the
+//! frame's rules.
 
 use bevy_im::protocol::{
     ClientKind, DecodeError, Dialect, EncodeError, ErrorResponse, Frame, KeepAlive, KickoutCode,
     KickoutInfo, LoginInfo, LoginResponse, MAX_FRAME_BYTES, ResultCode, ServerKind, decode_body,
-    encode_body,
+    encode_body, replace_lone_surrogates,
 };
 use proptest::prelude::*;
 use proptest::sample::select;
@@ -108,8 +110,192 @@ fn is_canonical(key: &str, v: &Value) -> bool {
     }
 }
 
+/// One piece of a JSON string literal: a UTF-16 code unit written as a `\uXXXX`
+/// escape (any case, surrogates included), or a character as serde_json writes it.
+#[derive(Debug, Clone)]
+enum Piece {
+    Escape(u16, bool),
+    Char(char),
+}
+
+fn arb_piece() -> impl Strategy<Value = Piece> {
+    prop_oneof![
+        3 => (0xD800u16..=0xDFFF, any::<bool>()).prop_map(|(u, upper)| Piece::Escape(u, upper)),
+        1 => (select(&[0xD83Du16, 0xDBFF, 0xD800][..]), any::<bool>())
+            .prop_map(|(u, upper)| Piece::Escape(u, upper)),
+        1 => (any::<u16>(), any::<bool>()).prop_map(|(u, upper)| Piece::Escape(u, upper)),
+        3 => any::<char>().prop_map(Piece::Char),
+        1 => select(&['\\', '"', 'u', 'd', '\n', '😀'][..]).prop_map(Piece::Char),
+    ]
+}
+
+/// The JSON string literal of `pieces` (without quotes), the text it stands for with
+/// every lone surrogate replaced, and how many lone surrogates it holds.
+fn literal(pieces: &[Piece]) -> (String, String, usize) {
+    let mut json = String::new();
+    let mut units = Vec::new();
+    for p in pieces {
+        match p {
+            Piece::Escape(u, true) => json.push_str(&format!("\\u{u:04X}")),
+            Piece::Escape(u, false) => json.push_str(&format!("\\u{u:04x}")),
+            Piece::Char(c) => {
+                let quoted = serde_json::to_string(&c.to_string()).unwrap();
+                json.push_str(&quoted[1..quoted.len() - 1]);
+            }
+        }
+        match p {
+            Piece::Escape(u, _) => units.push(*u),
+            Piece::Char(c) => units.extend(c.encode_utf16(&mut [0; 2]).iter()),
+        }
+    }
+    let mut lone = 0;
+    let text = char::decode_utf16(units)
+        .map(|r| {
+            r.unwrap_or_else(|_| {
+                lone += 1;
+                char::REPLACEMENT_CHARACTER
+            })
+        })
+        .collect();
+    (json, text, lone)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn lone_surrogates_decode_lossily_everywhere(
+        pieces in prop::collection::vec(arb_piece(), 0..24),
+        other in prop::collection::vec(arb_piece(), 0..8),
+    ) {
+        let (json, text, lone) = literal(&pieces);
+        let (other_json, other_text, _) = literal(&other);
+        // Each lone surrogate is one U+FFFD; pairs are one character; nothing else changes.
+        let fixed = replace_lone_surrogates(&json);
+        prop_assert_eq!(matches!(fixed, std::borrow::Cow::Borrowed(_)), lone == 0);
+        let parsed: String = serde_json::from_str(&format!("\"{fixed}\"")).unwrap();
+        prop_assert_eq!(&parsed, &text);
+
+        // In a frame: every string field.
+        let frame = format!(
+            r#"{{"type":2,"dataContent":"{json}","from":"{other_json}","to":"{json}","fp":"{other_json}","QoS":true}}"#
+        );
+        let f = Frame::decode(&frame).unwrap();
+        prop_assert_eq!(f.content(), text.as_str());
+        prop_assert_eq!(f.to_id(), text.as_str());
+        prop_assert_eq!(f.from_id(), other_text.as_str());
+        prop_assert_eq!(f.fp.as_deref(), Some(other_text.as_str()));
+        prop_assert_eq!(Frame::decode(&f.to_json()), Ok(f));
+
+        // In a body: every string field.
+        let body = format!(
+            r#"{{"loginUserId":"{json}","loginToken":"{other_json}","extra":"{json}","app":"{other_json}"}}"#
+        );
+        let info: LoginInfo = decode_body(Some(&body)).unwrap();
+        prop_assert_eq!(&info.login_user_id, &text);
+        prop_assert_eq!(&info.login_token, &other_text);
+        prop_assert_eq!(info.extra.as_deref(), Some(text.as_str()));
+        prop_assert_eq!(info.app.as_deref(), Some(other_text.as_str()));
+        let e: ErrorResponse =
+            decode_body(Some(&format!(r#"{{"errorCode":1,"errorMsg":"{json}"}}"#))).unwrap();
+        prop_assert_eq!(&e.error_msg, &text);
+        let k: KickoutInfo =
+            decode_body(Some(&format!(r#"{{"code":1,"reason":"{json}"}}"#))).unwrap();
+        prop_assert_eq!(k.reason.as_deref(), Some(text.as_str()));
+
+        // A body inside a frame: the frame's string carries the body's escapes.
+        let login = serde_json::json!({ "type": 0, "dataContent": body }).to_string();
+        let f = Frame::decode(&login).unwrap();
+        let info: LoginInfo = decode_body(f.data_content.as_deref()).unwrap();
+        prop_assert_eq!(&info.login_user_id, &text);
+    }
+
+    #[test]
+    fn body_fields_follow_the_frame_fields_coercion(value in arb_json()) {
+        // A string, a 64-bit and a 32-bit field of the frame and of a body, given the
+        // same value: both refuse it, or both coerce it to the same thing. Only null
+        // differs, for a required body field.
+        // (Both from text: serde_json's float parsing does not always round-trip.)
+        let frame = |key: &str| Frame::decode(&serde_json::json!({ key: value.clone() }).to_string());
+        let text = |body: Value| body.to_string();
+
+        let f = frame("from");
+        let b = decode_body::<LoginInfo>(Some(&text(serde_json::json!({ "loginUserId": value.clone() }))));
+        match (&f, &b) {
+            (Ok(f), Ok(b)) => prop_assert_eq!(f.from.as_deref(), Some(b.login_user_id.as_str())),
+            (Ok(f), Err(_)) => prop_assert!(value.is_null() && f.from.is_none()),
+            (Err(_), Err(_)) => {}
+            (Err(e), Ok(b)) => prop_assert!(false, "frame: {}, body: {:?}", e, b),
+        }
+        let e = decode_body::<ErrorResponse>(Some(&text(serde_json::json!({ "errorCode": 1, "errorMsg": value.clone() }))));
+        prop_assert_eq!(
+            f.as_ref().ok().map(|f| f.from.clone().unwrap_or_default()),
+            e.ok().map(|e| e.error_msg)
+        );
+
+        let f = frame("sm");
+        let b = decode_body::<LoginInfo>(Some(&text(serde_json::json!({ "loginUserId": "u", "firstLoginTime": value.clone() }))));
+        prop_assert_eq!(f.map(|f| f.sm).ok(), b.map(|b| b.first_login_time).ok());
+
+        let f = frame("type");
+        for b in [
+            decode_body::<LoginResponse>(Some(&text(serde_json::json!({ "code": value.clone() })))).map(|b| b.code),
+            decode_body::<KickoutInfo>(Some(&text(serde_json::json!({ "code": value.clone() })))).map(|b| b.code),
+            decode_body::<ErrorResponse>(Some(&text(serde_json::json!({ "errorCode": value.clone() })))).map(|b| b.error_code),
+        ] {
+            match (&f, &b) {
+                (Ok(f), Ok(b)) => prop_assert_eq!(f.ty, *b),
+                (Ok(f), Err(_)) => prop_assert!(value.is_null() && f.ty == 0),
+                (Err(_), Err(_)) => {}
+                (Err(e), Ok(b)) => prop_assert!(false, "frame: {}, body: {}", e, b),
+            }
+        }
+    }
+
+    #[test]
+    fn body_numbers_may_arrive_as_strings_and_ids_as_numbers(
+        user in any::<i64>(),
+        time in any::<i64>(),
+        code in any::<i32>(),
+        float in any::<bool>(),
+        token in any::<u32>(),
+    ) {
+        // What a web client holding everything as whatever its last parse gave sends.
+        let t = if float && time.unsigned_abs() < (1 << 53) {
+            serde_json::json!(format!("{time}.0"))
+        } else {
+            serde_json::json!(format!(" {time} "))
+        };
+        let info: LoginInfo = decode_body(Some(
+            &serde_json::json!({ "loginUserId": user, "loginToken": token, "firstLoginTime": t }).to_string(),
+        )).unwrap();
+        prop_assert_eq!(
+            (info.login_user_id, info.login_token, info.first_login_time),
+            (user.to_string(), token.to_string(), time)
+        );
+        let r: LoginResponse = decode_body(Some(
+            &serde_json::json!({ "code": code.to_string(), "firstLoginTime": time.to_string() }).to_string(),
+        )).unwrap();
+        prop_assert_eq!(r, LoginResponse { code, first_login_time: time });
+        let k: KickoutInfo = decode_body(Some(
+            &serde_json::json!({ "code": code.to_string(), "reason": code }).to_string(),
+        )).unwrap();
+        prop_assert_eq!(k, KickoutInfo { code, reason: Some(code.to_string()) });
+        let e: ErrorResponse = decode_body(Some(
+            &serde_json::json!({ "errorCode": format!("{code}"), "errorMsg": false }).to_string(),
+        )).unwrap();
+        prop_assert_eq!(e, ErrorResponse { error_code: code, error_msg: "false".into() });
+        // An integral float is an integer; anything else is refused with a reason.
+        if code.unsigned_abs() < (1 << 24) {
+            let r: LoginResponse = decode_body(Some(&format!(r#"{{"code":{code}.0}}"#))).unwrap();
+            prop_assert_eq!(r.code, code);
+        }
+        let bad = decode_body::<LoginResponse>(Some(&format!(r#"{{"code":"{code}x"}}"#)));
+        prop_assert!(
+            matches!(&bad, Err(DecodeError::BadBody { body: "PLoginInfoResponse", reason }) if reason.contains("expected a 32-bit integer") || reason.contains("expected an integer")),
+            "{:?}", bad
+        );
+    }
 
     #[test]
     fn any_frame_round_trips(frame in arb_frame()) {

@@ -637,6 +637,143 @@ fn control_bodies_inside_data_content_decode() {
     assert_eq!(keepalives, 49 + 48, "keepalives and their replies");
 }
 
+/// `v` with every number in its top-level object written as a string.
+fn numbers_as_strings(v: &Value) -> Value {
+    let mut v = v.clone();
+    if let Value::Object(map) = &mut v {
+        for x in map.values_mut() {
+            if let Value::Number(n) = x {
+                *x = Value::String(n.to_string());
+            }
+        }
+    }
+    v
+}
+
+#[test]
+fn bodies_with_numbers_as_strings_decode_as_the_captured_ones() {
+    // Every captured control frame, with the numbers of its frame and of its body
+    // written as strings, as a web client that keeps everything as strings sends
+    // them: the client (server frames) and the server (logins) read the same values.
+    let (mut logins, mut responses, mut errors, mut kickouts) = (0, 0, 0, 0);
+    for (r, value) in object_frames() {
+        let f = decode(&r);
+        let Ok(body) = serde_json::from_str::<Value>(f.content()) else {
+            continue;
+        };
+        if !body.is_object() || body.as_object().unwrap().is_empty() {
+            continue;
+        }
+        let mut odd = numbers_as_strings(&value);
+        odd["dataContent"] = Value::String(numbers_as_strings(&body).to_string());
+        let odd_text = odd.to_string();
+        assert!(odd_text.contains(r#""type":""#), "{}", r.at());
+        let g = Frame::decode(&odd_text).unwrap();
+        assert_eq!((g.ty, g.typeu, g.sm), (f.ty, f.typeu, f.sm), "{}", r.at());
+        let (was, now) = (f.data_content.as_deref(), g.data_content.as_deref());
+        if r.is_c2s() {
+            if f.client_kind() == ClientKind::Login {
+                let b = decode_body::<LoginInfo>(now);
+                match decode_body::<LoginInfo>(was) {
+                    Ok(info) => {
+                        assert_eq!(b, Ok(info), "{}", r.at());
+                        assert!(now.unwrap().contains(r#""firstLoginTime":""#));
+                        logins += 1;
+                    }
+                    // The login without a user id stays refused.
+                    Err(_) => assert!(b.is_err(), "{}", r.at()),
+                }
+            }
+            continue;
+        }
+        match f.server_kind(Dialect::MobileImSdkV6) {
+            ServerKind::LoginResponse => {
+                let b: LoginResponse = decode_body(now).unwrap();
+                assert_eq!(Ok(b), decode_body::<LoginResponse>(was), "{}", r.at());
+                responses += 1;
+            }
+            ServerKind::Error => {
+                let b: ErrorResponse = decode_body(now).unwrap();
+                assert_eq!(Ok(b), decode_body::<ErrorResponse>(was), "{}", r.at());
+                errors += 1;
+            }
+            ServerKind::Kickout => {
+                let b: KickoutInfo = decode_body(now).unwrap();
+                assert_eq!(Ok(b), decode_body::<KickoutInfo>(was), "{}", r.at());
+                kickouts += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(logins, 23, "login bodies");
+    assert_eq!(responses, 23, "login responses");
+    assert_eq!(errors, 3, "error responses");
+    assert_eq!(kickouts, 3, "kickouts");
+}
+
+#[test]
+fn the_three_field_report_logins_decode() {
+    // Issue 16: logins from web clients that hold ids and times as whatever their
+    // last parse produced.
+    for (body, user, time) in [
+        (
+            r#"{"loginUserId":12345,"loginToken":"t","firstLoginTime":0}"#,
+            "12345",
+            0,
+        ),
+        (
+            r#"{"loginUserId":"u3","loginToken":"t","firstLoginTime":"0"}"#,
+            "u3",
+            0,
+        ),
+        (
+            r#"{"loginUserId":"u4","loginToken":"t","firstLoginTime":"1700000000000"}"#,
+            "u4",
+            1_700_000_000_000,
+        ),
+    ] {
+        let frame = serde_json::json!({"type": 0, "dataContent": body, "to": "0"}).to_string();
+        let f = Frame::decode(&frame).unwrap();
+        let info: LoginInfo = decode_body(f.data_content.as_deref()).unwrap();
+        assert_eq!(
+            (
+                info.login_user_id.as_str(),
+                info.login_token.as_str(),
+                info.first_login_time
+            ),
+            (user, "t", time)
+        );
+    }
+}
+
+#[test]
+fn data_with_a_lone_surrogate_decodes_with_a_replacement_character() {
+    // Every captured data frame with a lone high surrogate escape put in front of its
+    // content, and a lone low one behind it.
+    let mut checked = 0;
+    for (r, _) in object_frames() {
+        let f = decode(&r);
+        if f.ty != 2 || f.data_content.is_none() || r.payload.len() > 1000 {
+            continue;
+        }
+        let marked = r
+            .payload
+            .replacen(r#""dataContent":""#, r#""dataContent":"\ud83d"#, 1)
+            .replacen(r#"","from""#, r#"\udc00","from""#, 1);
+        assert_ne!(marked, r.payload, "{}", r.at());
+        let g = Frame::decode(&marked).unwrap();
+        assert_eq!(
+            g.content(),
+            format!("\u{FFFD}{}\u{FFFD}", f.content()),
+            "{}",
+            r.at()
+        );
+        assert_eq!((g.from, g.to, g.fp, g.qos), (f.from, f.to, f.fp, f.qos));
+        checked += 1;
+    }
+    assert_eq!(checked, 34, "data frames");
+}
+
 #[test]
 fn a_relogin_with_a_first_login_time_gets_it_back() {
     // The login response echoes a positive firstLoginTime (PROTOCOL.md §4).

@@ -748,6 +748,11 @@ async fn nobody_logs_in_as_the_server() {
         let h = start(v6(), AcceptAll).await;
         let mut c = Client::connect(&h.url()).await;
         c.send(&support::login("0", 0)).await;
+        // A failed login reply (code 4, to "-1"), then the close.
+        assert_eq!(
+            c.recv_text().await,
+            r#"{"bridge":false,"type":50,"dataContent":"{\"code\":4,\"firstLoginTime\":-1}","from":"0","to":"-1","QoS":false,"typeu":-1,"sm":-1}"#
+        );
         assert_eq!(c.expect_close().await, (1000, "Bye".into()));
         assert_eq!(h.metrics().rejected(RejectReason::BadLogin), 1);
         assert!(h.online_users().is_empty());

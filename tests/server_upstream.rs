@@ -4,6 +4,11 @@
 //! the server must answer with the same frames, ACKs and closes. The same scenarios
 //! run in the seed dialect with its type numbers. Scenario 02 (S2C QoS timing) and 07
 //! (the HTTP gateway) are checked by hand-written tests below.
+//!
+//! One deliberate difference is allowed for: where upstream closes on a login or a
+//! text it cannot read without a word, ours first answers (a login reply or an error
+//! frame of code 4). The replayer collects those answers, and each test names exactly
+//! the ones it expects.
 
 #[path = "support/server.rs"]
 mod support;
@@ -12,7 +17,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use bevy_im::protocol::{Dialect, Frame};
+use bevy_im::protocol::{Dialect, ErrorResponse, Frame, LoginResponse, decode_body};
 use bevy_im::server::{AcceptAll, RejectReason, ServerConfig, ServerHandle};
 use futures_util::SinkExt;
 use futures_util::StreamExt;
@@ -133,6 +138,8 @@ struct Replay {
     /// Adjusts an expected server frame for a deliberate difference or the dialect.
     expect_fix: ExpectFix,
     skip_conns: Vec<&'static str>,
+    /// What ours said before a close where upstream said nothing: (connection, what).
+    said_before_close: Vec<(String, String)>,
 }
 
 impl Replay {
@@ -143,6 +150,7 @@ impl Replay {
             times: Vec::new(),
             expect_fix: Box::new(|_, s| s),
             skip_conns: Vec::new(),
+            said_before_close: Vec::new(),
         }
     }
 
@@ -162,7 +170,8 @@ impl Replay {
             .unwrap_or_else(|| panic!("no connection {name}"))
     }
 
-    async fn run(mut self, lines: Vec<Line>) {
+    /// Plays `lines`; returns what ours said before a close where upstream said nothing.
+    async fn run(mut self, lines: Vec<Line>) -> Vec<(String, String)> {
         let start = Instant::now();
         for line in lines {
             if line.dir == "meta" && line.frame != "handshake" {
@@ -254,8 +263,26 @@ impl Replay {
                 ("s2c", "close") => {
                     let conn = self.conn(&line.conn);
                     let since_text = conn.last_text.elapsed();
-                    let (code, reason) = conn.client.expect_close().await;
+                    let mut said = Vec::new();
+                    let (code, reason) = loop {
+                        match conn.client.next_event().await {
+                            Event::Text(t) => {
+                                said.push(answer_before_close(&t).unwrap_or_else(|| {
+                                    panic!("{what}: expected the close, got {t}")
+                                }))
+                            }
+                            Event::Close(code, reason) => break (code, reason),
+                            Event::Ended => panic!("{what}: no close frame"),
+                        }
+                    };
+                    let end = conn.client.next_event_within(WAIT).await;
+                    assert!(
+                        matches!(end, Some(Event::Ended) | None),
+                        "{what}: after close: {end:?}"
+                    );
                     conn.closed = true;
+                    self.said_before_close
+                        .extend(said.into_iter().map(|s| (line.conn.clone(), s)));
                     let (want_code, want_reason) = line.close.clone().unwrap();
                     assert_eq!(
                         (code, reason.as_str()),
@@ -286,6 +313,7 @@ impl Replay {
                 panic!("{name}: unexpected {e:?} after the scenario");
             }
         }
+        self.said_before_close
     }
 
     fn check_text(&mut self, line: &Line, what: &str, got: String) {
@@ -304,6 +332,30 @@ impl Replay {
             return;
         }
         assert_eq!(got, mapped, "{what}");
+    }
+}
+
+/// The answer ours gives before closing on what it cannot read, where upstream closes
+/// without a word: a failed login reply of code 4 (`"login 4"`), or an error frame of
+/// code 4 (`"error 4: "` and its message). `None` for any other frame.
+fn answer_before_close(text: &str) -> Option<String> {
+    let f = Frame::decode(text).ok()?;
+    match f.ty {
+        50 => {
+            let body: LoginResponse = decode_body(f.data_content.as_deref()).ok()?;
+            let expected = LoginResponse {
+                code: 4,
+                first_login_time: -1,
+            };
+            (body == expected && f.to_id() == "-1" && f.from_id() == "0")
+                .then(|| "login 4".to_owned())
+        }
+        52 => {
+            let body: ErrorResponse = decode_body(f.data_content.as_deref()).ok()?;
+            (body.error_code == 4 && f.to_id() == "-1")
+                .then(|| format!("error 4: {}", body.error_msg))
+        }
+        _ => None,
     }
 }
 
@@ -327,11 +379,24 @@ fn unspoof(_conn: &str, expected: String) -> String {
         .replace("\"to\":\"mallory\"", "\"to\":\"alice\"")
 }
 
+/// Replays a scenario in which ours answers nothing where upstream does not.
 async fn replay(
     name: &str,
     dialect: Dialect,
     fix: fn(&str, String) -> String,
     skip: Vec<&'static str>,
+) -> ServerHandle {
+    replay_saying(name, dialect, fix, skip, &[]).await
+}
+
+/// Replays a scenario; ours must answer before a close where upstream did not exactly
+/// as `said` lists, in order: (connection, the answer or the start of its message).
+async fn replay_saying(
+    name: &str,
+    dialect: Dialect,
+    fix: fn(&str, String) -> String,
+    skip: Vec<&'static str>,
+    said: &[(&str, &str)],
 ) -> ServerHandle {
     let handle = start(replay_config(dialect), AcceptAll).await;
     let mut r = Replay::new(handle.url());
@@ -340,7 +405,14 @@ async fn replay(
         fix(c, s)
     });
     r.skip_conns = skip;
-    r.run(load(name)).await;
+    let got = r.run(load(name)).await;
+    assert_eq!(got.len(), said.len(), "answers before a close: {got:?}");
+    for ((conn, what), (want_conn, want)) in got.iter().zip(said) {
+        assert!(
+            conn == want_conn && what.starts_with(want),
+            "{conn}: {what:?}, expected {want_conn}: {want:?}"
+        );
+    }
     handle
 }
 
@@ -444,16 +516,34 @@ async fn replay_05_duplicate_login_seed() {
     .await;
 }
 
+/// Scenario 06: where upstream closes without a word, ours says why first.
+const SAID_IN_06: &[(&str, &str)] = &[
+    ("login_without_loginUserId", "login 4"),
+    ("login_dataContent_not_json", "login 4"),
+    ("empty_json_object", "login 4"),
+    (
+        "json_null",
+        "error 4: bad frame: expected a JSON object, found null",
+    ),
+    (
+        "json_array",
+        "error 4: bad frame: expected a JSON object, found an array",
+    ),
+    ("garbage_text", "error 4: bad frame: not JSON: "),
+    ("after_login_garbage", "error 4: bad frame: not JSON: "),
+];
+
 #[tokio::test]
 async fn replay_06_errors_and_garbage_v6() {
     bounded(async {
         // Upstream closes on a fragmented message; ours reassembles it (see
         // server_extensions.rs), so that connection is left out here.
-        let h = replay(
+        let h = replay_saying(
             "06_errors_and_garbage.jsonl",
             Dialect::MobileImSdkV6,
             same,
             vec!["after_login_fragmented_message"],
+            SAID_IN_06,
         )
         .await;
         let m = h.metrics();
@@ -494,11 +584,12 @@ async fn replay_03_offline_target_seed() {
 #[tokio::test]
 async fn replay_06_errors_and_garbage_seed() {
     bounded(async {
-        let h = replay(
+        let h = replay_saying(
             "06_errors_and_garbage.jsonl",
             Dialect::Seed,
             to_seed_numbers,
             vec!["after_login_fragmented_message"],
+            SAID_IN_06,
         )
         .await;
         h.shutdown().await;

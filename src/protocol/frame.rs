@@ -6,6 +6,7 @@ use serde_json::{Map, Value};
 use super::body::{ErrorResponse, KeepAlive, KickoutInfo, LoginInfo, LoginResponse, encode_body};
 use super::error::{DecodeError, EncodeError};
 use super::kind::{ClientKind, Dialect, ServerKind, wire};
+use super::lenient::{Coerced, replace_lone_surrogates, to_bool, to_int, to_long, to_string};
 
 /// The largest text frame upstream accepts: 65536 bytes of payload.
 pub const MAX_FRAME_BYTES: usize = 65536;
@@ -20,8 +21,16 @@ pub const UNSET_ID: &str = "-1";
 ///
 /// Encoding writes the keys in upstream order and leaves out `None` fields, so frames
 /// we build are byte-identical to upstream's. Decoding is as tolerant as upstream:
-/// unknown keys are ignored, numbers and booleans may arrive as strings, and a
-/// missing field takes the value upstream gives it (0, `false` or `None`).
+/// unknown keys are ignored, a missing or `null` field takes the value upstream gives
+/// it (0, `false` or `None`), and values are coerced as upstream's Gson does:
+///
+/// - a string field takes a number or boolean as its JSON text (`42` is `"42"`);
+/// - an integer field takes an integral number (`3.0` is 3) or a string holding one
+///   (`"12"`, `" 12 "`, `"3.0"`, `"1e3"`); `type` and `typeu` must fit in 32 bits;
+/// - a boolean field takes the strings `"true"` and `"false"`, in any case.
+///
+/// Anything else is a [`DecodeError::BadField`] naming the field. The bodies inside
+/// `dataContent` follow the same rules (see [`decode_body`](super::decode_body)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Frame {
     /// Whether the frame crossed the server-to-server bridge.
@@ -205,8 +214,19 @@ impl Frame {
     }
 
     /// Parses one frame, as tolerantly as upstream and no more.
+    ///
+    /// A lone UTF-16 surrogate escape in any string decodes to U+FFFD (see
+    /// [`replace_lone_surrogates`](super::replace_lone_surrogates)); values are
+    /// coerced as [`Frame`] describes.
+    ///
+    /// ```
+    /// use bevy_im::protocol::Frame;
+    /// let f = Frame::decode(r#"{"type":"2","dataContent":"half \ud83d here","from":42}"#).unwrap();
+    /// assert_eq!((f.ty, f.content(), f.from_id()), (2, "half \u{FFFD} here", "42"));
+    /// ```
     pub fn decode(text: &str) -> Result<Self, DecodeError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::NotJson {
+        let text = replace_lone_surrogates(text);
+        let value: Value = serde_json::from_str(&text).map_err(|e| DecodeError::NotJson {
             reason: e.to_string(),
         })?;
         Self::from_value(value)
@@ -220,15 +240,15 @@ impl Frame {
             });
         };
         Ok(Self {
-            bridge: take_bool(&mut map, "bridge")?.unwrap_or(false),
-            ty: take_int(&mut map, "type")?.unwrap_or(0),
-            data_content: take_string(&mut map, "dataContent")?,
-            from: take_string(&mut map, "from")?,
-            to: take_string(&mut map, "to")?,
-            fp: take_string(&mut map, "fp")?,
-            qos: take_bool(&mut map, "QoS")?.unwrap_or(false),
-            typeu: take_int(&mut map, "typeu")?.unwrap_or(0),
-            sm: take_long(&mut map, "sm")?.unwrap_or(0),
+            bridge: take(&mut map, "bridge", to_bool)?.unwrap_or(false),
+            ty: take(&mut map, "type", to_int)?.unwrap_or(0),
+            data_content: take(&mut map, "dataContent", to_string)?,
+            from: take(&mut map, "from", to_string)?,
+            to: take(&mut map, "to", to_string)?,
+            fp: take(&mut map, "fp", to_string)?,
+            qos: take(&mut map, "QoS", to_bool)?.unwrap_or(false),
+            typeu: take(&mut map, "typeu", to_int)?.unwrap_or(0),
+            sm: take(&mut map, "sm", to_long)?.unwrap_or(0),
         })
     }
 }
@@ -244,76 +264,20 @@ fn json_kind(v: &Value) -> &'static str {
     }
 }
 
-fn bad(field: &'static str, expected: &'static str, v: &Value) -> DecodeError {
-    let mut found = v.to_string();
-    if found.len() > 40 {
-        let mut cut = 40;
-        while !found.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        found.truncate(cut);
-        found.push('…');
-    }
-    DecodeError::BadField {
-        field,
-        expected,
-        found,
-    }
-}
-
-fn take_bool(
+/// Takes `field` out of `map` and coerces it with `coerce` (see `lenient.rs`).
+fn take<T>(
     map: &mut Map<String, Value>,
     field: &'static str,
-) -> Result<Option<bool>, DecodeError> {
-    match map.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Bool(b)) => Ok(Some(b)),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
-        Some(v) => Err(bad(field, "a boolean", &v)),
-    }
-}
-
-fn take_long(
-    map: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<i64>, DecodeError> {
-    let v = match map.remove(field) {
-        None | Some(Value::Null) => return Ok(None),
-        Some(v) => v,
-    };
-    let n = match &v {
-        Value::Number(n) => n.as_i64().or_else(|| {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
-                .map(|f| f as i64)
-        }),
-        Value::String(s) => s.trim().parse::<i64>().ok(),
-        _ => None,
-    };
-    n.map(Some).ok_or_else(|| bad(field, "an integer", &v))
-}
-
-fn take_int(map: &mut Map<String, Value>, field: &'static str) -> Result<Option<i32>, DecodeError> {
-    let Some(n) = take_long(map, field)? else {
+    coerce: fn(Value) -> Coerced<T>,
+) -> Result<Option<T>, DecodeError> {
+    let Some(v) = map.remove(field) else {
         return Ok(None);
     };
-    i32::try_from(n)
-        .map(Some)
-        .map_err(|_| bad(field, "a 32-bit integer", &Value::from(n)))
-}
-
-fn take_string(
-    map: &mut Map<String, Value>,
-    field: &'static str,
-) -> Result<Option<String>, DecodeError> {
-    match map.remove(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(Value::Bool(b)) => Ok(Some(b.to_string())),
-        Some(v) => Err(bad(field, "a string", &v)),
-    }
+    coerce(v).map_err(|e| DecodeError::BadField {
+        field,
+        expected: e.expected,
+        found: e.found_short(),
+    })
 }
 
 #[cfg(test)]
@@ -348,6 +312,54 @@ mod tests {
             Frame::decode(r#"{"type":"5","QoS":"true","typeu":"7","sm":"12","from":42}"#).unwrap();
         assert_eq!((f.ty, f.qos, f.typeu, f.sm), (5, true, 7, 12));
         assert_eq!(f.from.as_deref(), Some("42"));
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_decode_to_replacement_characters() {
+        let f = Frame::decode(
+            r#"{"bridge":false,"type":2,"dataContent":"half \ud83d here","from":"u\udc00","to":"\ud800\u0041","fp":"\ud83d\ude00","QoS":true,"typeu":0,"sm":-1}"#,
+        )
+        .unwrap();
+        assert_eq!(f.content(), "half \u{FFFD} here");
+        assert_eq!(f.from_id(), "u\u{FFFD}");
+        assert_eq!(f.to_id(), "\u{FFFD}A");
+        assert_eq!(f.fp.as_deref(), Some("😀"), "a pair stays one character");
+        // Re-encoded, the text is valid Unicode and decodes to the same frame.
+        assert_eq!(Frame::decode(&f.to_json()), Ok(f));
+    }
+
+    #[test]
+    fn a_body_escape_inside_the_frame_string_is_decoded_by_the_body() {
+        // The frame's string holds `\ud83d` as six characters (its backslash escaped);
+        // the body's parser sees the escape.
+        let f = Frame::decode(
+            r#"{"type":0,"dataContent":"{\"loginUserId\":\"a\\ud83d\",\"firstLoginTime\":\"5\"}"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f.content(),
+            r#"{"loginUserId":"a\ud83d","firstLoginTime":"5"}"#
+        );
+        let info: LoginInfo = crate::protocol::decode_body(f.data_content.as_deref()).unwrap();
+        assert_eq!(
+            (info.login_user_id.as_str(), info.first_login_time),
+            ("a\u{FFFD}", 5)
+        );
+    }
+
+    #[test]
+    fn integral_strings_in_any_notation_are_integers() {
+        let f = Frame::decode(r#"{"type":"3.0","typeu":"1e2","sm":-7.0}"#).unwrap();
+        assert_eq!((f.ty, f.typeu, f.sm), (3, 100, -7));
+        let e = Frame::decode(r#"{"sm":"1.5"}"#).unwrap_err();
+        assert_eq!(
+            e,
+            DecodeError::BadField {
+                field: "sm",
+                expected: "an integer",
+                found: r#""1.5""#.into()
+            }
+        );
     }
 
     #[test]

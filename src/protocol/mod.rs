@@ -10,6 +10,7 @@ mod error;
 mod fingerprint;
 mod frame;
 mod kind;
+mod lenient;
 
 pub use body::{
     Body, ErrorResponse, KeepAlive, KickoutInfo, LoginInfo, LoginResponse, decode_body, encode_body,
@@ -19,3 +20,4 @@ pub use error::{DecodeError, EncodeError};
 pub use fingerprint::new_fingerprint;
 pub use frame::{Frame, MAX_FRAME_BYTES, SERVER_ID, UNSET_ID};
 pub use kind::{ClientKind, Dialect, KickoutCode, ServerKind, wire};
+pub use lenient::replace_lone_surrogates;

@@ -20,6 +20,10 @@
 //!   makes is 1000 "Bye".
 //! - A socket that sends no text frame within the read timeout (11 s in the 5 s sense
 //!   mode) is closed; pings do not count.
+//! - Frames and bodies are read as tolerantly as upstream reads them: numbers and
+//!   booleans may arrive as strings and ids as numbers (the rules are on
+//!   [`Frame`](crate::protocol::Frame)), and a lone UTF-16 surrogate escape in any string
+//!   is read as U+FFFD, so such a message is relayed and acknowledged.
 //! - Login through [`ServerHooks::verify_login`]; a re-login on the same socket is
 //!   answered again; a second login of the same user is settled by `firstLoginTime`
 //!   (PROTOCOL.md §8.2) with the dialect's kickout.
@@ -50,6 +54,16 @@
 //!   `from` is rewritten) is answered with an error frame of code
 //!   [`ERROR_INVALID_FRAME`]; the socket stays open.
 //! - Nobody may log in as `"0"`, the server's own id.
+//! - A login or a text frame the server cannot read is answered before the close
+//!   (upstream closes the socket without a word):
+//!   - a login the server cannot read (no body, a body that is not JSON, a field that
+//!     cannot be coerced, no or an empty `loginUserId`, or `"0"`) gets a login reply
+//!     (type 50) of code 4, [`ResultCode::InvalidProtocol`](crate::protocol::ResultCode)
+//!     (`COMMON_INVALID_PROTOCAL`), with `firstLoginTime` -1, as a refused login does,
+//!     and then the close;
+//!   - a text that is not a frame (not JSON, not an object, or a field that cannot be
+//!     coerced) gets an error frame (type 52) of code [`ERROR_INVALID_FRAME`] whose
+//!     `errorMsg` says what was wrong (`bad frame: ...`), and then the close.
 //! - Graceful shutdown: stop accepting, close every socket with 1001, finish within a
 //!   bound.
 //! - Metrics ([`MetricsSnapshot`]), also served in the Prometheus text format.
@@ -78,10 +92,14 @@ pub use serve::{PushError, Server, ServerHandle};
 /// "Too Many Requests".
 pub const ERROR_RATE_LIMITED: i32 = 429;
 
-/// The `errorCode` of the error frame that answers a data or echo frame the server
-/// will not pass on: a fingerprint over [`MAX_FINGERPRINT_BYTES`], or a frame that
-/// would exceed the frame limit once `from` is rewritten. The seed's
-/// `COMMON_INVALID_PROTOCAL`; the socket stays open.
+/// The `errorCode` of the error frame that answers a frame the server will not take.
+/// The seed's `COMMON_INVALID_PROTOCAL`.
+///
+/// For a data or echo frame it will not pass on (a fingerprint over
+/// [`MAX_FINGERPRINT_BYTES`], or a frame that would exceed the frame limit once `from`
+/// is rewritten) the socket stays open. For a text that is not a frame at all (not
+/// JSON, not an object, or a field that cannot be coerced) the socket is closed after
+/// it, and `errorMsg` says what was wrong.
 pub const ERROR_INVALID_FRAME: i32 = 4;
 
 /// The longest fingerprint the server accepts (a UUID is 36 bytes).

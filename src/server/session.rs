@@ -183,8 +183,10 @@ impl Session {
         let frame = match Frame::decode(text) {
             Ok(f) => f,
             Err(e) => {
+                // Upstream closes without a word; the client is told why first.
                 tracing::debug!(session = self.id, "closing on a bad frame: {e}");
                 shared.metrics.reject(RejectReason::BadFrame);
+                self.push_error(ERROR_INVALID_FRAME, &format!("bad frame: {e}"));
                 return Step::bye(LogoutReason::Closed);
             }
         };
@@ -233,16 +235,29 @@ impl Session {
 
     fn login(&mut self, frame: &Frame) -> Step {
         let shared = self.shared.clone();
-        let info: LoginInfo = match decode_body::<LoginInfo>(frame.data_content.as_deref()) {
+        let info = match decode_body::<LoginInfo>(frame.data_content.as_deref()) {
+            Ok(info) if info.login_user_id.is_empty() => Err("loginUserId is empty".to_owned()),
             // "0" is the server: a user with that id could pass for it.
-            Ok(info)
-                if !info.login_user_id.is_empty()
-                    && info.login_user_id != crate::protocol::SERVER_ID =>
-            {
-                info
+            Ok(info) if info.login_user_id == crate::protocol::SERVER_ID => {
+                Err("loginUserId \"0\" is the server's".to_owned())
             }
-            _ => {
+            Ok(info) => Ok(info),
+            Err(e) => Err(e.to_string()),
+        };
+        let info: LoginInfo = match info {
+            Ok(info) => info,
+            Err(why) => {
+                // Upstream closes without a word; the client gets a failed login reply.
+                tracing::debug!(session = self.id, "refusing a bad login: {why}");
                 shared.metrics.reject(RejectReason::BadLogin);
+                let reply = Frame::login_response(
+                    frame.from_id(),
+                    &LoginResponse {
+                        code: ResultCode::InvalidProtocol.code(),
+                        first_login_time: -1,
+                    },
+                );
+                self.push(&reply, ServerKind::LoginResponse);
                 return Step::bye(LogoutReason::Closed);
             }
         };
