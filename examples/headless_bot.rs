@@ -136,8 +136,8 @@ fn start_server(_: Dialect) -> Result<LocalServer, String> {
 
 fn login(mut im: ImClient, args: Res<Args>) {
     let request = LoginRequest::new(args.user.clone(), args.token.clone()).with_app("headless_bot");
-    if let Err(code) = im.login(request) {
-        println!("login refused locally code={}", code.code());
+    if let Err(e) = im.login(request) {
+        println!("login refused locally: {e} (code {})", e.code());
     }
 }
 
@@ -151,7 +151,7 @@ fn send_texts(mut im: ImClient, args: Res<Args>, mut progress: ResMut<Progress>)
         for _ in 0..args.count {
             match im.send(Outgoing::new(to.clone(), text.clone())) {
                 Ok(fp) => println!("send to={to} fp={}", fp.unwrap_or_default()),
-                Err(code) => println!("send refused code={}", code.code()),
+                Err(e) => println!("send refused: {e} (code {})", e.code()),
             }
         }
     }
@@ -167,8 +167,8 @@ fn echo(mut im: ImClient, args: Res<Args>, mut received: MessageReader<DataRecei
             continue;
         }
         let reply = Outgoing::new(msg.from.clone(), msg.content.clone()).typeu(msg.typeu);
-        if let Err(code) = im.send(reply) {
-            println!("echo refused code={}", code.code());
+        if let Err(e) = im.send(reply) {
+            println!("echo refused: {e} (code {})", e.code());
         }
     }
 }
@@ -204,7 +204,7 @@ fn print_events(mut e: Events) {
         println!("login failed code={} relogin={}", m.code.code(), m.relogin);
     }
     for m in e.closed.read() {
-        println!("link closed code={} reason={}", m.code, m.reason);
+        println!("link closed: {}", m.reason);
     }
     for m in e.data.read() {
         println!("received from={} typeu={}: {}", m.from, m.typeu, m.content);

@@ -7,16 +7,23 @@ pub mod plugin;
 pub mod protocol;
 #[cfg(all(feature = "server", not(target_arch = "wasm32")))]
 pub mod server;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod transport;
 
 /// The names a game needs, in one import.
 pub mod prelude {
-    pub use crate::client::{LoginRequest, Outgoing, ReloginPolicy, SenseMode, SessionState};
+    pub use crate::client::{
+        ImConnection, LoginError, LoginRequest, Outgoing, ReloginLimits, ReloginPolicy,
+        SendError, SenseMode, TypedMessage,
+    };
     pub use crate::plugin::conditions::*;
     pub use crate::plugin::{
-        BadFrame, DataReceived, ImClient, ImClientPlugin, ImConfig, ImInbox, ImSystems,
+        BadFrame, CloseReason, DataReceived, ImClient, ImClientBundle, ImClientMut,
+        ImClientPlugin, ImClients, ImConfig, ImInbox, ImPrimaryClient, ImSystems,
         KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded,
-        MessageDelivered, MessagesLost, ReloginStarted, SendResult, SendThrottled, ServerError,
+        MessageDelivered, MessagesLost, ReloginStarted, ReloginStop, ReloginStopped, SendResult,
+        SendThrottled, ServerError,
     };
     pub use crate::protocol::{Dialect, KickoutCode, ResultCode};
 }

@@ -1,6 +1,6 @@
-//! The plugin, headless, over the in-memory transport, with time driven by hand.
-
-use std::time::Duration;
+//! The plugin, headless, over the in-memory transport, with time driven by hand
+//! through the crate's own test kit.
+#![cfg(feature = "testing")]
 
 use bevy::diagnostic::{DiagnosticPath, DiagnosticsStore};
 use bevy::ecs::system::RunSystemOnce;
@@ -10,136 +10,24 @@ use bevy_im::client::QosSendConfig;
 use bevy_im::plugin::diagnostics;
 use bevy_im::prelude::*;
 use bevy_im::protocol::{Frame, KickoutInfo, LoginInfo, LoginResponse, decode_body, wire};
-use bevy_im::transport::{MemoryPeer, MemoryTransport, TransportConfig};
+use bevy_im::testing::{ImTestApp, STEP};
+use bevy_im::transport::TransportConfig;
 
-const STEP: Duration = Duration::from_millis(100);
-
-#[derive(Resource)]
-struct Got<T>(Vec<T>);
-
-fn collect<T: Message + Clone>(mut r: MessageReader<T>, mut got: ResMut<Got<T>>) {
-    got.0.extend(r.read().cloned());
-}
-
-trait Collect {
-    fn collect<T: Message + Clone>(&mut self) -> &mut Self;
-}
-
-impl Collect for App {
-    fn collect<T: Message + Clone>(&mut self) -> &mut Self {
-        self.insert_resource(Got::<T>(Vec::new()))
-            .add_systems(Update, collect::<T>)
-    }
-}
-
-/// A headless app with the plugin on a memory link, and the link's server side.
-struct Harness {
-    app: App,
-    peer: MemoryPeer,
-    dialect: Dialect,
-}
-
-impl Harness {
-    fn new(config: ImConfig) -> Self {
-        Self::with_transport(config, TransportConfig::default())
-    }
-
-    fn with_transport(config: ImConfig, transport: TransportConfig) -> Self {
-        let dialect = config.client.dialect;
-        let (t, peer) = MemoryTransport::pair_with(transport);
-        let mut app = App::new();
-        app.add_plugins(MinimalPlugins)
-            .insert_resource(TimeUpdateStrategy::ManualDuration(STEP))
-            .add_plugins(ImClientPlugin::new(config).with_transport(t));
-        app.collect::<LoginSucceeded>()
-            .collect::<LoginFailed>()
-            .collect::<LinkClosed>()
-            .collect::<DataReceived>()
-            .collect::<ServerError>()
-            .collect::<MessagesLost>()
-            .collect::<MessageDelivered>()
-            .collect::<Kicked>()
-            .collect::<ReloginStarted>()
-            .collect::<LoggedOut>()
-            .collect::<SendResult>();
-        app.update();
-        Self { app, peer, dialect }
-    }
-
-    fn config(dialect: Dialect) -> ImConfig {
-        let mut c = ImConfig::new("mem://server").dialect(dialect);
-        c.client.jitter_seed = Some(3);
-        c
-    }
-
-    fn got<T: Message + Clone>(&mut self) -> Vec<T> {
-        std::mem::take(&mut self.app.world_mut().resource_mut::<Got<T>>().0)
-    }
-
-    fn run<O: 'static, M>(&mut self, f: impl IntoSystem<(), O, M>) -> O {
-        self.app.world_mut().run_system_once(f).unwrap()
-    }
-
-    fn step(&mut self) {
-        self.app.update();
-    }
-
-    fn steps(&mut self, n: usize) {
-        for _ in 0..n {
-            self.app.update();
-        }
-    }
-
-    fn now(&self) -> Duration {
-        self.app.world().resource::<Time<Real>>().elapsed()
-    }
-
-    /// Frames the client wrote since the last call.
-    fn wire(&self) -> Vec<Frame> {
-        self.peer
-            .take_sent()
-            .iter()
-            .map(|t| Frame::decode(t).unwrap())
-            .collect()
-    }
-
-    fn push(&self, frame: Frame) {
-        assert!(self.peer.push_text(frame.to_json()));
-    }
-
-    /// Logs `user` in: the login goes out, the server accepts it.
-    fn login(&mut self, user: &str, first_login_time: i64) {
-        let u = user.to_owned();
-        self.run(move |mut im: ImClient| im.login(LoginRequest::new(u.clone(), "token")).unwrap());
-        self.step(); // connect
-        self.step(); // opened → login frame flushed
-        let sent = self.wire();
-        assert_eq!(sent.len(), 1);
-        assert_eq!(sent[0].ty, wire::LOGIN);
-        self.push(Frame::login_response(
-            user,
-            &LoginResponse {
-                code: 0,
-                first_login_time,
-            },
-        ));
-        self.step();
-    }
-
-    fn is_logged_in(&mut self) -> bool {
-        self.run(|im: ImClient| im.is_logged_in())
-    }
+fn config(dialect: Dialect) -> ImConfig {
+    let mut c = ImConfig::new("mem://server").dialect(dialect);
+    c.client.jitter_seed = Some(3);
+    c
 }
 
 #[test]
 fn login_reaches_the_game_as_a_message_in_the_next_update() {
-    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
     h.run(|mut im: ImClient| {
         im.login(LoginRequest::new("alice", "token").with_app("lobby"))
             .unwrap()
     });
     h.step();
-    assert_eq!(h.peer.connects().len(), 1);
+    assert_eq!(h.peer().connects().len(), 1);
     h.step();
     let sent = h.wire();
     let body: LoginInfo = decode_body(sent[0].data_content.as_deref()).unwrap();
@@ -151,17 +39,18 @@ fn login_reaches_the_game_as_a_message_in_the_next_update() {
             first_login_time: 42,
         },
     ));
-    assert!(h.got::<LoginSucceeded>().is_empty());
+    assert!(h.heard::<LoginSucceeded>().is_empty());
     h.step();
     assert_eq!(
-        h.got::<LoginSucceeded>(),
+        h.heard::<LoginSucceeded>(),
         [LoginSucceeded {
+            client: h.client(),
             user_id: "alice".into(),
             relogin: false,
             first_login_time: 42
         }]
     );
-    assert!(h.is_logged_in());
+    assert!(h.core().is_logged_in());
     assert_eq!(
         h.run(|im: ImClient| im.user_id().map(str::to_owned)),
         Some("alice".into())
@@ -170,7 +59,7 @@ fn login_reaches_the_game_as_a_message_in_the_next_update() {
 
 #[test]
 fn a_refused_login_is_reported_with_the_servers_code() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
     h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "bad")).unwrap());
     h.steps(2);
     h.wire();
@@ -183,19 +72,20 @@ fn a_refused_login_is_reported_with_the_servers_code() {
     ));
     h.step();
     assert_eq!(
-        h.got::<LoginFailed>(),
+        h.heard::<LoginFailed>(),
         [LoginFailed {
+            client: h.client(),
             code: ResultCode::Other(1100),
             relogin: false
         }]
     );
-    assert!(!h.peer.is_open(), "the client closed the link");
+    assert!(!h.peer().is_open(), "the client closed the link");
 }
 
 #[test]
 fn what_a_game_sends_in_a_frame_leaves_in_that_frames_flush() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
     h.app
         .add_systems(Update, |mut im: ImClient, mut sent: Local<bool>| {
             if !*sent {
@@ -215,9 +105,9 @@ fn what_a_game_sends_in_a_frame_leaves_in_that_frames_flush() {
             .all(|f| f.qos && f.typeu == 0 && f.from_id() == "alice")
     );
     // The write outcomes come from that flush, so the game reads them next Update.
-    assert!(h.got::<SendResult>().is_empty());
+    assert!(h.heard::<SendResult>().is_empty());
     h.step();
-    let results = h.got::<SendResult>();
+    let results = h.heard::<SendResult>();
     assert_eq!(results.len(), 3);
     assert!(
         results
@@ -228,8 +118,8 @@ fn what_a_game_sends_in_a_frame_leaves_in_that_frames_flush() {
 
 #[test]
 fn a_qos_message_is_delivered_when_the_server_acks_it() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
     let fp = h
         .run(|mut im: ImClient| im.send(Outgoing::new("bob", "hi").typeu(9)))
         .unwrap()
@@ -239,16 +129,19 @@ fn a_qos_message_is_delivered_when_the_server_acks_it() {
     let sent = h.wire();
     assert_eq!(sent[0].fp.as_deref(), Some(&*fp));
     assert_eq!(sent[0].typeu, 9);
-    h.push(Frame::server_ack(h.dialect, "bob", "alice", &fp));
+    h.push(Frame::server_ack(h.dialect(), "bob", "alice", &fp));
     h.step();
-    assert_eq!(h.got::<MessageDelivered>(), [MessageDelivered { fp }]);
+    assert_eq!(h.heard::<MessageDelivered>(), [MessageDelivered {
+            client: h.client(),
+            fp
+        }]);
     assert_eq!(h.run(|im: ImClient| im.pending_count()), 0);
 }
 
 #[test]
 fn seed_dialect_acks_arrive_as_type_54() {
-    let mut h = Harness::new(Harness::config(Dialect::Seed));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
+    h.login("alice");
     let fp = h
         .run(|mut im: ImClient| im.send(Outgoing::new("0", "to server")))
         .unwrap()
@@ -258,13 +151,13 @@ fn seed_dialect_acks_arrive_as_type_54() {
     assert_eq!(ack.ty, 54);
     h.push(ack);
     h.step();
-    assert_eq!(h.got::<MessageDelivered>().len(), 1);
+    assert_eq!(h.heard::<MessageDelivered>().len(), 1);
 }
 
 #[test]
 fn a_message_without_qos_has_no_fingerprint_and_is_never_resent() {
-    let mut h = Harness::new(Harness::config(Dialect::Seed));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
+    h.login("alice");
     let fp = h
         .run(|mut im: ImClient| im.send(Outgoing::new("bob", "fire and forget").qos(false)))
         .unwrap();
@@ -274,13 +167,13 @@ fn a_message_without_qos_has_no_fingerprint_and_is_never_resent() {
     assert!(!sent[0].qos && sent[0].fp.is_none());
     h.steps(100);
     assert!(h.wire().iter().all(|f| f.ty != wire::COMMON_DATA));
-    assert!(h.got::<MessagesLost>().is_empty());
+    assert!(h.heard::<MessagesLost>().is_empty());
 }
 
 #[test]
 fn an_unacked_message_is_resent_twice_then_reported_lost_at_the_exact_frames() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
     let sent_at = h.now();
     let fp = h
         .run(|mut im: ImClient| im.send(Outgoing::new("bob", "anyone?")))
@@ -298,7 +191,7 @@ fn an_unacked_message_is_resent_twice_then_reported_lost_at_the_exact_frames() {
                 h.push(Frame::keepalive_response("alice"));
             }
         }
-        if let Some(lost) = h.got::<MessagesLost>().pop() {
+        if let Some(lost) = h.heard::<MessagesLost>().pop() {
             assert_eq!(lost.frames[0].fp.as_deref(), Some(&*fp));
             assert_eq!(lost.frames[0].content(), "anyone?");
             lost_at = Some(now);
@@ -314,13 +207,13 @@ fn an_unacked_message_is_resent_twice_then_reported_lost_at_the_exact_frames() {
     assert!((secs[2] - 6.0).abs() < 0.101, "{secs:?}");
     let lost_at = lost_at.expect("reported lost").as_secs_f64();
     assert!((9.0..=9.2).contains(&lost_at), "{lost_at}");
-    assert!(h.got::<MessageDelivered>().is_empty());
+    assert!(h.heard::<MessageDelivered>().is_empty());
 }
 
 #[test]
 fn received_data_is_acked_deduplicated_and_kept_in_the_inbox() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
     let msg = Frame::data("bob", "alice", "hello alice", true, Some("fp-9".into()), 4);
     h.push(msg.clone());
     h.push(msg);
@@ -335,35 +228,32 @@ fn received_data_is_acked_deduplicated_and_kept_in_the_inbox() {
         acks.iter()
             .all(|a| a.content() == "fp-9" && a.to_id() == "bob")
     );
-    let got = h.got::<DataReceived>();
+    let got = h.heard::<DataReceived>();
     assert_eq!(
         got,
         [DataReceived {
+            client: h.client(),
             fp: Some("fp-9".into()),
             from: "bob".into(),
             content: "hello alice".into(),
             typeu: 4
         }]
     );
-    let inbox: Vec<_> = h
-        .app
-        .world_mut()
-        .resource_mut::<ImInbox>()
-        .drain()
-        .collect();
+    let inbox: Vec<DataReceived> =
+        h.run(|mut im: ImClient| im.get().inbox().drain().collect::<Vec<_>>());
     assert_eq!(inbox, got);
 }
 
 #[test]
 fn a_dead_link_is_reported_then_relogin_succeeds_with_the_saved_time() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
-    h.login("alice", 555);
-    assert_eq!(h.got::<LoginSucceeded>().len(), 1);
-    h.peer.stall(true);
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login_as("alice", 555);
+    assert_eq!(h.heard::<LoginSucceeded>().len(), 1);
+    h.peer().stall(true);
     let mut closed_at = None;
     for _ in 0..200 {
         h.step();
-        if !h.got::<LinkClosed>().is_empty() {
+        if !h.heard::<LinkClosed>().is_empty() {
             closed_at = Some(h.now());
             break;
         }
@@ -373,9 +263,10 @@ fn a_dead_link_is_reported_then_relogin_succeeds_with_the_saved_time() {
     assert!((13.3..=13.5).contains(&closed_at), "{closed_at}");
     // The first attempt starts in the same tick as the loss, so the new link's
     // login is already waiting behind the stall.
-    assert_eq!(h.got::<ReloginStarted>(), [ReloginStarted { attempt: 1 }]);
-    assert_eq!(h.peer.connects().len(), 2);
-    h.peer.stall(false);
+    assert_eq!(h.heard::<ReloginStarted>(), [ReloginStarted {
+            client: h.client(), attempt: 1 }]);
+    assert_eq!(h.peer().connects().len(), 2);
+    h.peer().stall(false);
     let login = h.wire().into_iter().find(|f| f.ty == wire::LOGIN).unwrap();
     let body: LoginInfo = decode_body(login.data_content.as_deref()).unwrap();
     assert_eq!(body.first_login_time, 555);
@@ -388,8 +279,9 @@ fn a_dead_link_is_reported_then_relogin_succeeds_with_the_saved_time() {
     ));
     h.step();
     assert_eq!(
-        h.got::<LoginSucceeded>(),
+        h.heard::<LoginSucceeded>(),
         [LoginSucceeded {
+            client: h.client(),
             user_id: "alice".into(),
             relogin: true,
             first_login_time: 555
@@ -398,8 +290,8 @@ fn a_dead_link_is_reported_then_relogin_succeeds_with_the_saved_time() {
 }
 
 fn kicked_in(dialect: Dialect) {
-    let mut h = Harness::new(Harness::config(dialect));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(dialect));
+    h.login("alice");
     h.push(Frame::kickout(
         dialect,
         "alice",
@@ -408,20 +300,21 @@ fn kicked_in(dialect: Dialect) {
             reason: None,
         },
     ));
-    h.peer.close(1000, "Bye");
+    h.peer().close(1000, "Bye");
     h.step();
     assert_eq!(
-        h.got::<Kicked>(),
+        h.heard::<Kicked>(),
         [Kicked {
+            client: h.client(),
             code: KickoutCode::DuplicateLogin,
             reason: None
         }]
     );
-    assert_eq!(h.got::<LinkClosed>().len(), 1);
+    assert_eq!(h.heard::<LinkClosed>().len(), 1);
     h.steps(400);
-    assert_eq!(h.peer.connects().len(), 1, "no re-login after a kickout");
-    assert!(h.got::<ReloginStarted>().is_empty());
-    assert!(!h.is_logged_in());
+    assert_eq!(h.peer().connects().len(), 1, "no re-login after a kickout");
+    assert!(h.heard::<ReloginStarted>().is_empty());
+    assert!(!h.core().is_logged_in());
 }
 
 #[test]
@@ -436,8 +329,8 @@ fn kickout_in_the_seed_dialect_stops_the_client_for_good() {
 
 #[test]
 fn logout_sends_the_logout_frame_and_reports_it() {
-    let mut h = Harness::new(Harness::config(Dialect::Seed));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
+    h.login("alice");
     let fp = h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "pending")).unwrap());
     let code = h.run(|mut im: ImClient| im.logout());
     assert_eq!(code, ResultCode::Ok);
@@ -445,43 +338,44 @@ fn logout_sends_the_logout_frame_and_reports_it() {
     let sent = h.wire();
     assert_eq!(sent.last().unwrap().ty, wire::LOGOUT);
     assert_eq!(
-        h.got::<LoggedOut>(),
+        h.heard::<LoggedOut>(),
         [LoggedOut {
+            client: h.client(),
             code: ResultCode::Ok
         }]
     );
     // The unconfirmed message is reported lost, once.
-    let lost = h.got::<MessagesLost>();
+    let lost = h.heard::<MessagesLost>();
     assert_eq!(lost.len(), 1);
     assert_eq!(lost[0].frames[0].fp, fp);
-    assert!(!h.peer.is_open());
+    assert!(!h.peer().is_open());
     h.steps(150);
-    assert!(h.got::<MessagesLost>().is_empty(), "reported once");
-    assert_eq!(h.peer.connects().len(), 1);
+    assert!(h.heard::<MessagesLost>().is_empty(), "reported once");
+    assert_eq!(h.peer().connects().len(), 1);
 }
 
 #[test]
 fn release_forgets_the_session_and_later_sends_get_203() {
-    let mut h = Harness::new(Harness::config(Dialect::Seed));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
+    h.login("alice");
     h.run(|mut im: ImClient| im.release());
     h.step();
-    assert!(!h.peer.is_open());
+    assert!(!h.peer().is_open());
     assert_eq!(
         h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x"))),
-        Err(ResultCode::ClientSdkNotInitialized)
+        Err(SendError::Released)
     );
 }
 
 #[test]
 fn every_local_error_code_is_returned_at_once_and_writes_nothing() {
-    let mut h = Harness::new(ImConfig::default());
+    let mut h = ImTestApp::memory(ImConfig::default());
     assert_eq!(
         h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "t"))),
-        Err(ResultCode::ToServerNetInfoNotSetup)
+        Err(LoginError::NoServerUrl)
     );
-    let mut h = Harness::with_transport(
-        Harness::config(Dialect::Seed),
+    let mut h = ImTestApp::memory_with(
+        config(Dialect::Seed),
         TransportConfig {
             max_frame_bytes: 300,
             ..TransportConfig::default()
@@ -489,19 +383,21 @@ fn every_local_error_code_is_returned_at_once_and_writes_nothing() {
     );
     assert_eq!(
         h.run(|mut im: ImClient| im.login(LoginRequest::new("", "t"))),
-        Err(ResultCode::InvalidProtocol)
+        Err(LoginError::EmptyUserId)
     );
     assert_eq!(
         h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x"))),
-        Err(ResultCode::NoLogin)
+        Err(SendError::NotLoggedIn)
     );
-    h.login("alice", 1);
+    h.login("alice");
     assert_eq!(
         h.run(|mut im: ImClient| im.send(Outgoing::new("", "x"))),
-        Err(ResultCode::InvalidProtocol)
+        Err(SendError::EmptyReceiver)
     );
     assert_eq!(
-        h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x".repeat(70_000)))),
+        h.run(|mut im: ImClient| im
+            .send(Outgoing::new("bob", "x".repeat(70_000)))
+            .map_err(|e| e.code())),
         Err(ResultCode::InvalidProtocol)
     );
     h.step();
@@ -512,8 +408,9 @@ fn every_local_error_code_is_returned_at_once_and_writes_nothing() {
         .unwrap();
     h.steps(2);
     assert_eq!(
-        h.got::<SendResult>(),
+        h.heard::<SendResult>(),
         [SendResult {
+            client: h.client(),
             fp,
             code: ResultCode::DataSendFailed
         }]
@@ -521,7 +418,7 @@ fn every_local_error_code_is_returned_at_once_and_writes_nothing() {
     h.run(|mut im: ImClient| im.release());
     assert_eq!(
         h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x"))),
-        Err(ResultCode::ClientSdkNotInitialized)
+        Err(SendError::Released)
     );
     assert_eq!(h.run(|mut im: ImClient| im.logout()), ResultCode::NoLogin);
 }
@@ -534,7 +431,7 @@ fn run_conditions_follow_the_session() {
         in_frames: u32,
         just_out: u32,
     }
-    let mut h = Harness::new(Harness::config(Dialect::Seed));
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
     h.app.init_resource::<Seen>().add_systems(
         Update,
         (
@@ -543,9 +440,9 @@ fn run_conditions_follow_the_session() {
             (|mut s: ResMut<Seen>| s.just_out += 1).run_if(im_just_logged_out),
         ),
     );
-    h.login("alice", 1);
+    h.login("alice");
     h.steps(4);
-    h.peer.drop_link();
+    h.peer().drop_link();
     h.step();
     let seen = h.app.world().resource::<Seen>();
     assert_eq!(seen.just_in, 1);
@@ -555,8 +452,8 @@ fn run_conditions_follow_the_session() {
 
 #[test]
 fn diagnostics_report_pending_frames_and_rtt() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6).qos(QosSendConfig::default()));
-    h.login("alice", 1);
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6).qos(QosSendConfig::default()));
+    h.login("alice");
     h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x")).unwrap());
     for _ in 0..100 {
         h.step();
@@ -576,20 +473,18 @@ fn diagnostics_report_pending_frames_and_rtt() {
 
 #[test]
 fn a_corrupt_frame_is_reported_and_the_session_survives() {
-    let mut h = Harness::new(Harness::config(Dialect::Seed));
-    h.app.insert_resource(Got::<BadFrame>(Vec::new()));
-    h.app.add_systems(Update, collect::<BadFrame>);
-    h.login("alice", 1);
-    h.peer.corrupt_next();
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
+    h.login("alice");
+    h.peer().corrupt_next();
     h.push(Frame::data("bob", "alice", "x", false, None, 0));
     h.step();
-    assert_eq!(h.got::<BadFrame>().len(), 1);
-    assert!(h.is_logged_in());
+    assert_eq!(h.heard::<BadFrame>().len(), 1);
+    assert!(h.core().is_logged_in());
 }
 
 #[test]
 fn the_plugin_can_take_its_config_from_a_resource() {
-    let (t, peer) = MemoryTransport::pair();
+    let (t, peer) = bevy_im::transport::MemoryTransport::pair();
     let mut app = App::new();
     app.add_plugins(MinimalPlugins)
         .insert_resource(TimeUpdateStrategy::ManualDuration(STEP))
@@ -602,16 +497,19 @@ fn the_plugin_can_take_its_config_from_a_resource() {
         .unwrap();
     app.update();
     assert_eq!(peer.connects()[0].1, "mem://from-resource");
-    let config = app.world().resource::<ImConfig>();
-    assert_eq!(config.client.dialect, Dialect::MobileImSdkV6);
+    // The client core itself runs with the resource's dialect.
+    let dialect = app
+        .world_mut()
+        .run_system_once(|im: ImClient| im.core().config().dialect)
+        .unwrap();
+    assert_eq!(dialect, Dialect::MobileImSdkV6);
 }
 
 #[test]
 fn nothing_from_a_link_the_client_let_go_reaches_the_game() {
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
-    h.app.insert_resource(Got::<BadFrame>(Vec::new()));
-    h.login("alice", 1);
-    h.got::<LoginSucceeded>();
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
+    h.heard::<LoginSucceeded>();
     // A kickout and then data arrive in one batch: the data is not delivered.
     h.push(Frame::kickout(
         Dialect::MobileImSdkV6,
@@ -623,19 +521,19 @@ fn nothing_from_a_link_the_client_let_go_reaches_the_game() {
     ));
     h.push(Frame::data("bob", "alice", "late", false, None, 0));
     h.step();
-    assert_eq!(h.got::<Kicked>().len(), 1);
-    assert!(h.got::<DataReceived>().is_empty());
+    assert_eq!(h.heard::<Kicked>().len(), 1);
+    assert!(h.heard::<DataReceived>().is_empty());
 
     // A new login is asked for while the old link still delivers: nothing from the
     // old link counts, and the new link gets the login frame.
-    let mut h = Harness::new(Harness::config(Dialect::MobileImSdkV6));
-    h.login("alice", 1);
-    h.got::<LoginSucceeded>();
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
+    h.heard::<LoginSucceeded>();
     h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "token")).unwrap());
     h.push(Frame::data("bob", "alice", "old link", false, None, 0));
     h.step();
-    assert!(h.got::<DataReceived>().is_empty());
-    assert_eq!(h.peer.connects().len(), 2);
+    assert!(h.heard::<DataReceived>().is_empty());
+    assert_eq!(h.peer().connects().len(), 2);
     h.step();
     let sent = h.wire();
     assert!(sent.iter().any(|f| f.ty == wire::LOGIN), "{sent:?}");

@@ -2,15 +2,19 @@
 
 use std::time::Duration;
 
-use crate::protocol::{
-    ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse, ResultCode,
-    ServerKind, decode_body,
-};
-use crate::transport::TransportError;
+use bevy::prelude::{Component, Entity};
 
+use crate::protocol::{
+    ClientKind, ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse,
+    ResultCode, ServerKind, decode_body,
+};
+use crate::transport::{LinkId, TransportError};
+
+use super::messages::*;
 use super::{
-    Action, ClientConfig, ClientEvent, CoreOutput, FrameProblem, Keepalive, KeepaliveTick,
-    LoginRequest, Outgoing, QosReceiveFilter, QosSendTable, Relogin, Session, SessionState,
+    Action, ClientConfig, CoreOutput, CoreStats, FrameProblem, ImConnection, Keepalive,
+    KeepaliveTick, LoginError, LoginRequest, Outgoing, QosReceiveFilter, QosSendTable, Relogin,
+    SendError,
 };
 
 /// The error code upstream uses for "not logged in" inside an error frame.
@@ -20,111 +24,454 @@ const NOT_LOGGED_IN: i32 = 301;
 /// `ERROR_RATE_LIMITED`, HTTP's 429).
 pub const RATE_LIMITED: i32 = 429;
 
-/// The parts of one client, borrowed together. Each method takes `now` and records
-/// what to do in [`CoreOutput`].
-pub struct Core<'a> {
-    /// The login session.
-    pub session: &'a mut Session,
-    /// QoS frames waiting for an ACK.
-    pub qos_send: &'a mut QosSendTable,
-    /// Fingerprints already delivered.
-    pub qos_recv: &'a mut QosReceiveFilter,
-    /// The keepalive clock.
-    pub keepalive: &'a mut Keepalive,
-    /// The re-login schedule.
-    pub relogin: &'a mut Relogin,
-    /// What to do next.
-    pub out: &'a mut CoreOutput,
+/// Where the session stands. One value replaces a state plus flags: each phase holds
+/// what only it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Phase {
+    /// No session: never logged in, logged out, released, a refused first login, or a
+    /// re-login that gave up (`stopped`).
+    Offline {
+        released: bool,
+        stopped: Option<ReloginStop>,
+    },
+    /// A connect and login in progress; `open` once the link is open and the login
+    /// frame is out.
+    Attempt {
+        relogin: bool,
+        started: Duration,
+        open: bool,
+    },
+    /// Logged in since `since`.
+    LoggedIn { since: Duration },
+    /// Logged in once, the link is gone, and the next re-login attempt is scheduled.
+    Relogging,
+    /// Kicked out; nothing more happens until the game logs in again.
+    Kicked(KickoutInfo),
 }
 
-/// All parts of one client, owned: for use outside Bevy and in tests.
+/// Why a link ends. [`ClientCore::end_link`] applies the effects of each in one place.
 #[derive(Debug)]
+enum LinkEnd {
+    /// The game starts a login: the old session (if any) ends.
+    NewLogin { other_user: bool },
+    /// The game logged out or released the client.
+    Released,
+    /// A connect or login attempt failed before a reply (closed, timed out).
+    AttemptFailed(ResultCode),
+    /// The server answered the login with a non-zero code.
+    Refused(ResultCode),
+    /// A logged-in link closed or went silent.
+    Lost(CloseReason),
+    /// The server said 301: it no longer knows this session.
+    NotLoggedIn,
+    /// The server kicked this session out.
+    Kicked(KickoutInfo),
+}
+
+/// What to do with the re-login schedule when a link ends.
+enum ReloginStep {
+    Stop,
+    /// Start afresh, the first attempt after this delay.
+    Start(Duration),
+    /// Start afresh at once, or go on backing off if the session did not last.
+    StartOrResume,
+    /// The attempt failed: schedule the next one.
+    Failed,
+    /// Whatever it was doing, leave it.
+    Keep,
+}
+
+/// One client: the login session, the QoS send table, the QoS receive filter,
+/// keepalive and re-login, as one plain deterministic state machine.
+///
+/// Every call takes `now` (time since an arbitrary start, never going back) and
+/// records what to do: link [`Action`]s for the transport (take them with
+/// [`take_actions`](Self::take_actions)) and [`ClientEvent`]s for the game
+/// ([`take_events`](Self::take_events)). The core owns link identity: every
+/// [`Action::Connect`] names a new [`LinkId`], and events from any other link are
+/// ignored. [`poll_timeout`](Self::poll_timeout) says when the next timer is due.
+///
+/// In Bevy it is a component of the client entity, driven by the plugin.
+#[derive(Debug, Component)]
 pub struct ClientCore {
-    /// The login session.
-    pub session: Session,
-    /// QoS frames waiting for an ACK.
-    pub qos_send: QosSendTable,
-    /// Fingerprints already delivered.
-    pub qos_recv: QosReceiveFilter,
-    /// The keepalive clock.
-    pub keepalive: Keepalive,
-    /// The re-login schedule.
-    pub relogin: Relogin,
-    /// What to do next.
-    pub out: CoreOutput,
+    entity: Entity,
+    config: ClientConfig,
+    phase: Phase,
+    /// The login that (re-)logins present; its `first_login_time` is the server's once
+    /// the first login succeeded.
+    login: Option<LoginInfo>,
+    /// Whether the first login succeeded (upstream's `loginHasInit`).
+    login_has_init: bool,
+    /// When the link was lost, for the re-login time limit.
+    lost_at: Option<Duration>,
+    link: Option<LinkId>,
+    next_link: u64,
+    qos_send: QosSendTable,
+    qos_recv: QosReceiveFilter,
+    keepalive: Keepalive,
+    relogin: Relogin,
+    out: CoreOutput,
 }
 
 impl ClientCore {
-    /// A disconnected client.
+    /// A client that is offline.
     pub fn new(config: ClientConfig) -> Self {
         let seed = config.jitter_seed.unwrap_or_else(|| fastrand::u64(..));
         Self {
+            entity: Entity::PLACEHOLDER,
             qos_send: QosSendTable::new(config.qos),
             qos_recv: QosReceiveFilter::new(config.dedup),
             keepalive: Keepalive::new(config.sense_mode),
             relogin: Relogin::new(config.relogin, seed),
+            phase: Phase::Offline {
+                released: false,
+                stopped: None,
+            },
+            login: None,
+            login_has_init: false,
+            lost_at: None,
+            link: None,
+            next_link: 0,
             out: CoreOutput::default(),
-            session: Session::new(config),
+            config,
         }
     }
 
-    /// Borrows the parts together.
-    pub fn core(&mut self) -> Core<'_> {
-        Core {
-            session: &mut self.session,
-            qos_send: &mut self.qos_send,
-            qos_recv: &mut self.qos_recv,
-            keepalive: &mut self.keepalive,
-            relogin: &mut self.relogin,
-            out: &mut self.out,
-        }
+    /// Sets the entity named in every event (the plugin sets the client's own).
+    pub fn set_entity(&mut self, entity: Entity) {
+        self.entity = entity;
     }
 
-    /// Takes the queued link actions.
+    /// The entity named in every event.
+    pub fn entity(&self) -> Entity {
+        self.entity
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Takes the queued link actions, in order.
     pub fn take_actions(&mut self) -> Vec<Action> {
         std::mem::take(&mut self.out.actions)
     }
 
-    /// Takes the queued events.
+    /// Takes the queued events, in order.
     pub fn take_events(&mut self) -> Vec<ClientEvent> {
         std::mem::take(&mut self.out.events)
     }
-}
 
-impl Core<'_> {
-    fn emit(&mut self, event: ClientEvent) {
-        self.out.events.push(event);
+    /// Whether actions or events are waiting to be taken.
+    pub fn has_output(&self) -> bool {
+        !self.out.actions.is_empty() || !self.out.events.is_empty()
     }
 
-    fn write(&mut self, frame: &Frame, report: bool) {
+    /// Counters since the client was made.
+    pub fn stats(&self) -> CoreStats {
+        self.out.stats
+    }
+
+    /// Where the connection stands.
+    pub fn state(&self) -> ImConnection {
+        match &self.phase {
+            Phase::Offline { .. } => ImConnection::Offline,
+            Phase::Attempt { relogin: false, .. } => ImConnection::Connecting,
+            Phase::Attempt { relogin: true, .. } | Phase::Relogging => ImConnection::Relogging,
+            Phase::LoggedIn { .. } => ImConnection::LoggedIn,
+            Phase::Kicked(_) => ImConnection::Kicked,
+        }
+    }
+
+    /// Whether the session is logged in.
+    pub fn is_logged_in(&self) -> bool {
+        matches!(self.phase, Phase::LoggedIn { .. })
+    }
+
+    /// Whether a re-login is under way or scheduled.
+    pub fn is_relogging(&self) -> bool {
+        self.state() == ImConnection::Relogging
+    }
+
+    /// Whether the client was released (and not logged in since).
+    pub fn is_released(&self) -> bool {
+        matches!(self.phase, Phase::Offline { released: true, .. })
+    }
+
+    /// Why re-login stopped, while the client is offline because of it.
+    pub fn relogin_stopped(&self) -> Option<ReloginStop> {
+        match self.phase {
+            Phase::Offline { stopped, .. } => stopped,
+            _ => None,
+        }
+    }
+
+    /// The user id of the current (or last) login.
+    pub fn user_id(&self) -> Option<&str> {
+        self.login.as_ref().map(|l| l.login_user_id.as_str())
+    }
+
+    /// The server's time of the first login, once it succeeded.
+    pub fn first_login_time(&self) -> Option<i64> {
+        self.login
+            .as_ref()
+            .filter(|_| self.login_has_init)
+            .map(|l| l.first_login_time)
+    }
+
+    /// The kickout that ended the session, while kicked.
+    pub fn kickout(&self) -> Option<&KickoutInfo> {
+        match &self.phase {
+            Phase::Kicked(info) => Some(info),
+            _ => None,
+        }
+    }
+
+    /// The current link, if one is open or opening.
+    pub fn link(&self) -> Option<LinkId> {
+        self.link
+    }
+
+    /// The QoS send table (read only: only the core changes it, so that every
+    /// message keeps exactly one outcome).
+    pub fn qos_send(&self) -> &QosSendTable {
+        &self.qos_send
+    }
+
+    /// The received-fingerprint filter (read only).
+    pub fn qos_recv(&self) -> &QosReceiveFilter {
+        &self.qos_recv
+    }
+
+    /// The keepalive clock (read only).
+    pub fn keepalive(&self) -> &Keepalive {
+        &self.keepalive
+    }
+
+    /// The re-login schedule (read only).
+    pub fn relogin(&self) -> &Relogin {
+        &self.relogin
+    }
+
+    /// How many QoS messages wait for an ACK (including those queued for a re-login).
+    pub fn pending_count(&self) -> usize {
+        self.qos_send.len()
+    }
+
+    /// The latest keepalive round-trip time.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.keepalive.rtt()
+    }
+
+    /// When the next timer is due: a keepalive, a QoS resend or loss, a dedup expiry,
+    /// the login timeout or a re-login attempt. `None` when nothing is scheduled. It
+    /// may be early (a deadline that was cancelled since), never late: calling
+    /// [`tick`](Self::tick) at that time (and after every input) runs everything on
+    /// time.
+    pub fn poll_timeout(&self) -> Option<Duration> {
+        let login_timeout = match self.phase {
+            Phase::Attempt { started, .. } => Some(started + self.config.login_timeout),
+            _ => None,
+        };
+        let relogin = match self.phase {
+            Phase::Relogging => self.relogin.due(),
+            _ => None,
+        };
+        [
+            self.keepalive.next_deadline(),
+            self.qos_send.next_deadline(),
+            self.qos_recv.next_deadline(),
+            login_timeout,
+            relogin,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn emit(&mut self, event: impl Into<ClientEvent>) {
+        self.out.events.push(event.into());
+    }
+
+    /// Queues an event from the driver (the write outcome of a send).
+    pub(crate) fn push_event(&mut self, event: impl Into<ClientEvent>) {
+        self.emit(event);
+    }
+
+    fn write(&mut self, frame: &Frame) {
+        let Some(link) = self.link else { return };
         // Control frames and ACKs are small; data was size-checked in `send`.
-        let text = frame.to_json();
         self.out.stats.frames_out += 1;
         self.out.actions.push(Action::Send {
-            text,
+            link,
+            text: frame.to_json(),
             fp: frame.fp.clone(),
-            report,
+            report: false,
         });
     }
 
-    fn close_link(&mut self) {
-        self.out.actions.push(Action::Close);
+    fn user(&self) -> String {
+        self.user_id().unwrap_or_default().to_owned()
     }
 
-    fn user(&self) -> String {
-        self.session.user_id().unwrap_or_default().to_owned()
+    fn connect(&mut self, relogin: bool, now: Duration) {
+        self.next_link += 1;
+        let link = LinkId(self.next_link);
+        self.link = Some(link);
+        self.phase = Phase::Attempt {
+            relogin,
+            started: now,
+            open: false,
+        };
+        self.out.actions.push(Action::Connect { link });
+    }
+
+    /// Ends the current link for `cause`. Every way a session or an attempt ends goes
+    /// through here; the effects of each cause are in the table below.
+    fn end_link(&mut self, cause: LinkEnd, now: Duration) {
+        let relogin_attempt = matches!(self.phase, Phase::Attempt { relogin: true, .. });
+        let session_lasted = match self.phase {
+            Phase::LoggedIn { since } => now.saturating_sub(since),
+            _ => Duration::MAX,
+        };
+        let auto = self.config.auto_relogin && self.login_has_init;
+        // (re-login step, report pending messages lost, forget received fingerprints,
+        //  next phase)
+        let (step, lose_pending, forget_received, next) = match &cause {
+            LinkEnd::NewLogin { other_user } => {
+                (ReloginStep::Stop, *other_user, *other_user, None)
+            }
+            LinkEnd::Released => (ReloginStep::Stop, true, true, Some(offline(true, None))),
+            LinkEnd::AttemptFailed(_) if relogin_attempt => {
+                (ReloginStep::Failed, false, false, Some(Phase::Relogging))
+            }
+            LinkEnd::AttemptFailed(_) => (ReloginStep::Stop, false, false, Some(offline(false, None))),
+            LinkEnd::Refused(code) if relogin_attempt => {
+                let stop = ReloginStop::Refused(*code);
+                (ReloginStep::Stop, false, false, Some(offline(false, Some(stop))))
+            }
+            LinkEnd::Refused(_) => (ReloginStep::Stop, false, false, Some(offline(false, None))),
+            LinkEnd::Lost(_) if auto => {
+                (ReloginStep::StartOrResume, false, false, Some(Phase::Relogging))
+            }
+            LinkEnd::NotLoggedIn if relogin_attempt => {
+                (ReloginStep::Failed, false, false, Some(Phase::Relogging))
+            }
+            LinkEnd::NotLoggedIn if auto => (
+                ReloginStep::Start(self.config.relogin.base()),
+                false,
+                false,
+                Some(Phase::Relogging),
+            ),
+            LinkEnd::Lost(_) | LinkEnd::NotLoggedIn => {
+                (ReloginStep::Keep, false, false, Some(offline(false, None)))
+            }
+            LinkEnd::Kicked(info) => (
+                ReloginStep::Stop,
+                true,
+                true,
+                Some(Phase::Kicked(info.clone())),
+            ),
+        };
+
+        if let Some(link) = self.link.take() {
+            self.out.actions.push(Action::Close { link });
+        }
+        self.keepalive.stop();
+        match step {
+            ReloginStep::Stop => {
+                self.relogin.stop();
+                self.lost_at = None;
+            }
+            ReloginStep::Start(delay) => {
+                self.lost_at.get_or_insert(now);
+                self.relogin.start(now + delay);
+            }
+            ReloginStep::StartOrResume => {
+                self.lost_at.get_or_insert(now);
+                // A session that died sooner than a dead link would be noticed is a
+                // link that keeps dropping: go on backing off instead of starting at once.
+                if session_lasted < self.config.sense_mode.timeout() {
+                    self.relogin.resume(now);
+                } else {
+                    self.relogin.start(now);
+                }
+            }
+            ReloginStep::Failed => self.relogin.failed(now),
+            ReloginStep::Keep => {}
+        }
+        if lose_pending {
+            self.report_lost();
+        }
+        if forget_received {
+            self.qos_recv.clear();
+        }
+        let was_logged_in = self.is_logged_in();
+        let stopped = match &next {
+            Some(Phase::Offline { stopped, .. }) => *stopped,
+            _ => None,
+        };
+        if let Some(next) = next {
+            self.phase = next;
+        }
+
+        let client = self.entity;
+        match cause {
+            LinkEnd::AttemptFailed(code) | LinkEnd::Refused(code) => {
+                self.emit(LoginFailed {
+                    client,
+                    code,
+                    relogin: relogin_attempt,
+                });
+            }
+            LinkEnd::Lost(reason) if was_logged_in => self.emit(LinkClosed { client, reason }),
+            LinkEnd::NotLoggedIn => self.emit(LinkClosed {
+                client,
+                reason: CloseReason::NotLoggedIn,
+            }),
+            LinkEnd::Kicked(info) => {
+                self.emit(Kicked {
+                    client,
+                    code: KickoutCode::from_code(info.code),
+                    reason: info.reason,
+                });
+                self.emit(LinkClosed {
+                    client,
+                    reason: CloseReason::Kicked,
+                });
+            }
+            _ => {}
+        }
+        if let Some(reason) = stopped {
+            self.emit(ReloginStopped { client, reason });
+        }
+    }
+
+    /// Reports every message still waiting for an ACK as lost.
+    fn report_lost(&mut self) {
+        let frames = self.qos_send.drain();
+        if !frames.is_empty() {
+            self.out.stats.lost += frames.len() as u64;
+            self.emit(MessagesLost {
+                client: self.entity,
+                frames,
+            });
+        }
     }
 
     /// Starts a login: a new link, then the login frame, then nothing until the reply.
-    /// A session in progress is closed first. Fails at once, with nothing written,
-    /// when the user id is empty or the login frame would exceed the frame limit.
+    /// A session in progress is closed first.
     ///
     /// Logging in again as the same user keeps the messages waiting for an ACK (they
     /// are written again once logged in) and the received fingerprints; logging in as
     /// someone else reports the waiting messages lost.
-    pub fn login(&mut self, request: LoginRequest, now: Duration) -> Result<(), ResultCode> {
+    ///
+    /// # Errors
+    /// [`LoginError::EmptyUserId`], or [`LoginError::TooLarge`] when the login frame
+    /// would exceed the frame limit; nothing is written.
+    pub fn login(&mut self, request: LoginRequest, now: Duration) -> Result<(), LoginError> {
         if request.user_id.is_empty() {
-            return Err(ResultCode::InvalidProtocol);
+            return Err(LoginError::EmptyUserId);
         }
         let info = LoginInfo {
             login_user_id: request.user_id,
@@ -133,118 +480,101 @@ impl Core<'_> {
             first_login_time: 0,
             app: request.app,
         };
-        if Frame::login(&info)
-            .encode_with_limit(self.session.config.max_frame_bytes)
-            .is_err()
-        {
-            return Err(ResultCode::InvalidProtocol);
+        let len = Frame::login(&info).to_json().len();
+        let limit = self.config.max_frame_bytes;
+        if len > limit {
+            return Err(LoginError::TooLarge { len, limit });
         }
-        if self.session.state != SessionState::Disconnected {
-            self.close_link();
-        }
-        self.keepalive.stop();
-        self.relogin.stop();
-        if self.session.user_id() != Some(info.login_user_id.as_str()) {
-            self.report_lost();
-            self.qos_recv.clear();
-        }
-        self.session.login = Some(info);
-        self.session.login_has_init = false;
-        self.session.kicked = None;
-        self.session.released = false;
-        self.begin_attempt(false, now);
+        let other_user = self.user_id() != Some(info.login_user_id.as_str());
+        self.end_link(LinkEnd::NewLogin { other_user }, now);
+        self.login = Some(info);
+        self.login_has_init = false;
+        self.connect(false, now);
         Ok(())
     }
 
-    fn begin_attempt(&mut self, relogin: bool, now: Duration) {
-        self.session.state = SessionState::Connecting;
-        self.session.relogin_attempt = relogin;
-        self.session.attempt_started = now;
-        self.out.actions.push(Action::Connect);
-    }
-
     /// Logs out: the logout frame only when logged in, then everything is released.
-    /// Reports [`ClientEvent::LoggedOut`] and returns its code.
-    pub fn logout(&mut self) -> ResultCode {
-        let code = if self.session.state == SessionState::LoggedIn {
+    /// Reports [`LoggedOut`] (after [`MessagesLost`] for what was pending) and returns
+    /// its code: 0 when the frame was written, 1 when not logged in.
+    pub fn logout(&mut self, now: Duration) -> ResultCode {
+        let code = if self.is_logged_in() {
             let frame = Frame::logout(&self.user());
-            self.write(&frame, false);
+            self.write(&frame);
             ResultCode::Ok
         } else {
             ResultCode::NoLogin
         };
-        self.release();
-        self.emit(ClientEvent::LoggedOut { code });
+        self.release(now);
+        self.emit(LoggedOut {
+            client: self.entity,
+            code,
+        });
         code
     }
 
     /// Stops everything and forgets the login and both QoS tables. Messages still
-    /// waiting for an ACK are reported lost ([`ClientEvent::MessagesLost`]), so every
-    /// QoS message ends delivered or lost exactly once.
-    pub fn release(&mut self) {
-        if self.session.state != SessionState::Disconnected {
-            self.close_link();
-        }
-        self.report_lost();
-        self.reset_daemons();
-        self.session.state = SessionState::Disconnected;
-        self.session.login = None;
-        self.session.login_has_init = false;
-        self.session.released = true;
+    /// waiting for an ACK are reported lost ([`MessagesLost`]), so every QoS message
+    /// ends delivered or lost exactly once. Upstream's `release` reports nothing.
+    pub fn release(&mut self, now: Duration) {
+        self.end_link(LinkEnd::Released, now);
+        self.login = None;
+        self.login_has_init = false;
     }
 
-    fn reset_daemons(&mut self) {
-        self.keepalive.stop();
-        self.relogin.stop();
-        self.qos_recv.clear();
-    }
-
-    /// Reports every message still waiting for an ACK as lost.
-    fn report_lost(&mut self) {
-        let lost = self.qos_send.drain();
-        if !lost.is_empty() {
-            self.out.stats.lost += lost.len() as u64;
-            self.emit(ClientEvent::MessagesLost(lost));
+    /// Replaces the token that logins present, for the next attempt. When re-login
+    /// stopped because the server refused the old token, it starts again at once.
+    pub fn set_token(&mut self, token: impl Into<String>, now: Duration) {
+        let Some(login) = &mut self.login else { return };
+        login.login_token = token.into();
+        if matches!(self.relogin_stopped(), Some(ReloginStop::Refused(_))) && self.login_has_init
+        {
+            self.phase = Phase::Relogging;
+            self.lost_at = Some(now);
+            self.relogin.start(now);
         }
     }
 
     /// Queues a data frame. Returns its fingerprint (`None` for a message without QoS
-    /// and without a caller fingerprint), or a code with nothing written: 203 after
-    /// release, 1 when not logged in, 4 for an empty receiver or a frame over the limit.
+    /// and without a caller fingerprint).
     ///
     /// While an automatic re-login is under way a QoS message is not refused: it
     /// waits (at most [`ClientConfig::max_queued`] of them) and is written, in order,
     /// once logged in again, keeping its fingerprint and its deadlines.
-    pub fn send(&mut self, msg: Outgoing, now: Duration) -> Result<Option<String>, ResultCode> {
-        if self.session.released {
-            return Err(ResultCode::ClientSdkNotInitialized);
+    ///
+    /// # Errors
+    /// With nothing written or queued: [`SendError::Released`],
+    /// [`SendError::NotLoggedIn`], [`SendError::QueueFull`],
+    /// [`SendError::EmptyReceiver`], [`SendError::TooLarge`].
+    pub fn send(&mut self, msg: Outgoing, now: Duration) -> Result<Option<String>, SendError> {
+        if self.is_released() {
+            return Err(SendError::Released);
         }
-        let queue = self.session.state != SessionState::LoggedIn;
-        if queue
-            && !(msg.qos
-                && self.session.is_relogging()
-                && self.qos_send.owed() < self.session.config.max_queued)
-        {
-            return Err(ResultCode::NoLogin);
+        let queue = !self.is_logged_in();
+        if queue {
+            if !(msg.qos && self.is_relogging()) {
+                return Err(SendError::NotLoggedIn);
+            }
+            let queued = self.qos_send.owed();
+            if queued >= self.config.max_queued {
+                return Err(SendError::QueueFull(queued));
+            }
         }
         if msg.to.is_empty() {
-            return Err(ResultCode::InvalidProtocol);
+            return Err(SendError::EmptyReceiver);
         }
-        let frame = Frame::data(
-            &self.user(),
-            &msg.to,
-            msg.content,
-            msg.qos,
-            msg.fp,
-            msg.typeu,
-        );
+        let frame = Frame::data(&self.user(), &msg.to, msg.content, msg.qos, msg.fp, msg.typeu);
+        let limit = self.config.max_frame_bytes;
         let text = frame
-            .encode_with_limit(self.session.config.max_frame_bytes)
-            .map_err(|_| ResultCode::InvalidProtocol)?;
+            .encode_with_limit(limit)
+            .map_err(|_| SendError::TooLarge {
+                len: frame.to_json().len(),
+                limit,
+            })?;
         let fp = frame.fp.clone();
-        if !queue {
+        if let (false, Some(link)) = (queue, self.link) {
             self.out.stats.frames_out += 1;
             self.out.actions.push(Action::Send {
+                link,
                 text,
                 fp: fp.clone(),
                 report: true,
@@ -257,75 +587,72 @@ impl Core<'_> {
     }
 
     /// The link opened: send the login frame.
-    pub fn on_link_opened(&mut self, _now: Duration) {
-        if self.session.state != SessionState::Connecting {
+    pub fn on_link_opened(&mut self, link: LinkId, _now: Duration) {
+        if self.link != Some(link) {
             return;
         }
-        let Some(info) = self.session.login.clone() else {
+        let Phase::Attempt { open: open @ false, .. } = &mut self.phase else {
             return;
         };
-        self.write(&Frame::login(&info), false);
-        self.session.state = SessionState::LoggingIn;
+        *open = true;
+        if let Some(info) = self.login.clone() {
+            self.write(&Frame::login(&info));
+        }
     }
 
     /// The link reported an error; a close follows if it ended.
-    pub fn on_link_error(&mut self, error: TransportError) {
-        self.emit(ClientEvent::LinkError(error));
+    pub fn on_link_error(&mut self, link: LinkId, error: TransportError) {
+        if self.link == Some(link) {
+            self.emit(LinkError {
+                client: self.entity,
+                error,
+            });
+        }
     }
 
     /// The link closed.
-    pub fn on_link_closed(&mut self, code: Option<u16>, reason: &str, now: Duration) {
-        match self.session.state {
-            SessionState::Disconnected => {}
-            SessionState::Connecting | SessionState::LoggingIn => {
-                self.attempt_failed(ResultCode::BadConnectToServer, now);
+    pub fn on_link_closed(&mut self, link: LinkId, code: Option<u16>, reason: &str, now: Duration) {
+        if self.link != Some(link) {
+            return;
+        }
+        // Already closed by the peer: nothing to close.
+        self.link = None;
+        match self.phase {
+            Phase::Attempt { .. } => {
+                self.end_link(LinkEnd::AttemptFailed(ResultCode::BadConnectToServer), now)
             }
-            SessionState::LoggedIn => {
-                let code = code.map_or(-1, i32::from);
-                self.link_lost(code, reason.to_owned(), now);
+            Phase::LoggedIn { .. } => {
+                let reason = CloseReason::ByServer {
+                    code,
+                    reason: reason.to_owned(),
+                };
+                self.end_link(LinkEnd::Lost(reason), now);
             }
+            _ => {}
         }
     }
 
-    /// A login attempt ended without a reply: report it and, for a re-login,
-    /// schedule the next one.
-    fn attempt_failed(&mut self, code: ResultCode, now: Duration) {
-        let relogin = self.session.relogin_attempt;
-        self.session.state = SessionState::Disconnected;
-        self.emit(ClientEvent::LoginFailed { code, relogin });
-        if relogin {
-            self.relogin.failed(now);
+    /// A text frame arrived on `link`.
+    pub fn on_text(&mut self, link: LinkId, text: &str, now: Duration) {
+        if self.link != Some(link) {
+            return;
         }
-    }
-
-    fn link_lost(&mut self, code: i32, reason: String, now: Duration) {
-        self.session.state = SessionState::Disconnected;
-        self.keepalive.stop();
-        self.emit(ClientEvent::LinkClosed { code, reason });
-        if self.session.config.auto_relogin && self.session.login_has_init {
-            // A session that died sooner than a dead link would be noticed is a link
-            // that keeps dropping: go on backing off instead of starting at once.
-            let lasted = now.saturating_sub(self.session.logged_in_at);
-            if lasted < self.session.config.sense_mode.timeout() {
-                self.relogin.resume(now);
-            } else {
-                self.relogin.start(now);
-            }
-        }
-    }
-
-    /// A text frame arrived on the current link.
-    pub fn on_text(&mut self, text: &str, now: Duration) {
         self.out.stats.frames_in += 1;
         match Frame::decode(text) {
             Ok(frame) => self.on_frame(frame, now),
-            Err(e) => self.emit(ClientEvent::BadFrame(e.into())),
+            Err(e) => self.bad_frame(e.into()),
         }
     }
 
-    /// A decoded frame arrived on the current link.
-    pub fn on_frame(&mut self, frame: Frame, now: Duration) {
-        let kind = frame.server_kind(self.session.config.dialect);
+    fn bad_frame(&mut self, problem: FrameProblem) {
+        self.emit(BadFrame {
+            client: self.entity,
+            problem,
+        });
+    }
+
+    fn on_frame(&mut self, frame: Frame, now: Duration) {
+        let kind = frame.server_kind(self.config.dialect);
         if frame.qos && kind != ServerKind::LoginResponse {
             self.ack(&frame);
         }
@@ -333,159 +660,126 @@ impl Core<'_> {
             ServerKind::LoginResponse => self.on_login_response(&frame, now),
             ServerKind::KeepAliveResponse => {
                 let rtt = self.keepalive.on_reply(now);
-                self.emit(ClientEvent::KeepaliveReply { rtt });
+                self.emit(KeepaliveReply {
+                    client: self.entity,
+                    rtt,
+                });
             }
             ServerKind::Error => self.on_error(&frame, now),
             ServerKind::EchoResponse => {}
-            ServerKind::Kickout => self.on_kickout(&frame),
+            ServerKind::Kickout => self.on_kickout(&frame, now),
             ServerKind::Data => self.on_data(frame, now),
             ServerKind::Ack => {
                 let fp = frame.content();
                 if self.qos_send.ack(fp) {
-                    self.emit(ClientEvent::MessageDelivered { fp: fp.to_owned() });
+                    self.emit(MessageDelivered {
+                        client: self.entity,
+                        fp: fp.to_owned(),
+                    });
                 }
             }
-            ServerKind::Other(ty) => {
-                self.emit(ClientEvent::BadFrame(FrameProblem::UnknownType(ty)))
-            }
+            ServerKind::Other(ty) => self.bad_frame(FrameProblem::UnknownType(ty)),
         }
     }
 
     fn ack(&mut self, received: &Frame) {
         if let Some(ack) = Frame::ack_of(received) {
-            self.write(&ack, false);
+            self.write(&ack);
         }
     }
 
     fn on_login_response(&mut self, frame: &Frame, now: Duration) {
         let response: LoginResponse = match decode_body(frame.data_content.as_deref()) {
             Ok(r) => r,
-            Err(e) => {
-                self.emit(ClientEvent::BadFrame(e.into()));
-                return;
-            }
+            Err(e) => return self.bad_frame(e.into()),
         };
-        if self.session.state != SessionState::LoggingIn {
-            self.emit(ClientEvent::BadFrame(FrameProblem::UnexpectedLoginReply));
-            return;
-        }
+        let Phase::Attempt {
+            relogin,
+            open: true,
+            ..
+        } = self.phase
+        else {
+            return self.bad_frame(FrameProblem::UnexpectedLoginReply);
+        };
         if frame.qos && response.code == 0 {
             self.ack(frame);
         }
-        let relogin = self.session.relogin_attempt;
         if response.code != 0 {
-            self.session.state = SessionState::Disconnected;
-            // A refused re-login is retried with backoff (the server may be coming
-            // back up); a refused login the game asked for is final.
-            if relogin {
-                self.relogin.failed(now);
-            } else {
-                self.relogin.stop();
-            }
-            self.close_link();
-            self.emit(ClientEvent::LoginFailed {
-                code: ResultCode::from_code(response.code),
-                relogin,
-            });
-            return;
+            return self.end_link(LinkEnd::Refused(ResultCode::from_code(response.code)), now);
         }
-        if !self.session.login_has_init {
-            if let Some(login) = &mut self.session.login {
+        if !self.login_has_init {
+            if let Some(login) = &mut self.login {
                 login.first_login_time = response.first_login_time;
             }
-            self.session.login_has_init = true;
+            self.login_has_init = true;
         }
-        self.session.state = SessionState::LoggedIn;
-        self.session.logged_in_at = now;
+        self.phase = Phase::LoggedIn { since: now };
+        self.lost_at = None;
         self.relogin.succeeded();
         self.keepalive.start(now);
-        let first_login_time = self.session.first_login_time().unwrap_or_default();
-        self.emit(ClientEvent::LoginSucceeded {
+        self.emit(LoginSucceeded {
+            client: self.entity,
             user_id: self.user(),
             relogin,
-            first_login_time,
+            first_login_time: self.first_login_time().unwrap_or_default(),
         });
         let (frames, resends) = self.qos_send.login_flush(now);
         self.out.stats.resends += resends;
         for frame in &frames {
-            self.write(frame, false);
+            self.write(frame);
         }
     }
 
     fn on_error(&mut self, frame: &Frame, now: Duration) {
         let error: ErrorResponse = match decode_body(frame.data_content.as_deref()) {
             Ok(e) => e,
-            Err(e) => {
-                self.emit(ClientEvent::BadFrame(e.into()));
-                return;
-            }
+            Err(e) => return self.bad_frame(e.into()),
         };
         let code = error.error_code;
         if code == RATE_LIMITED {
-            self.on_throttled(&error.error_msg, now);
-            return;
+            return self.on_throttled(&error.error_msg, now);
         }
-        self.emit(ClientEvent::ServerError {
-            code,
+        self.emit(ServerError {
+            client: self.entity,
+            code: ResultCode::from_code(code),
             msg: error.error_msg,
         });
-        if code != NOT_LOGGED_IN || self.session.state == SessionState::Disconnected {
-            return;
-        }
-        // The server forgot this session: drop the link and log in again later.
-        let was_attempt = self.session.state != SessionState::LoggedIn;
-        self.close_link();
-        self.keepalive.stop();
-        self.session.state = SessionState::Disconnected;
-        self.emit(ClientEvent::LinkClosed {
-            code,
-            reason: "server says not logged in".into(),
-        });
-        if was_attempt && self.session.relogin_attempt {
-            self.relogin.failed(now);
-        } else if self.session.config.auto_relogin && self.session.login.is_some() {
-            self.relogin.start(now + self.session.config.relogin.base());
+        let active = matches!(
+            self.phase,
+            Phase::LoggedIn { .. } | Phase::Attempt { open: true, .. }
+        );
+        if code == NOT_LOGGED_IN && active {
+            // The server forgot this session: drop the link and log in again later.
+            self.end_link(LinkEnd::NotLoggedIn, now);
         }
     }
 
     /// The server refused a frame for its rate limit; upstream's error frames carry
     /// the refused frame as their message. A pending QoS message is written again
-    /// after a back-off; the game hears [`ClientEvent::SendThrottled`].
+    /// after a back-off; the game hears [`SendThrottled`].
     fn on_throttled(&mut self, refused: &str, now: Duration) {
         self.out.stats.throttled += 1;
         let fp = Frame::decode(refused)
             .ok()
-            .filter(|f| f.client_kind() == crate::protocol::ClientKind::Data)
+            .filter(|f| f.client_kind() == ClientKind::Data)
             .and_then(|f| f.fp);
         let retry_in = fp.as_deref().and_then(|fp| self.qos_send.throttled(fp, now));
-        self.emit(ClientEvent::SendThrottled { fp, retry_in });
+        self.emit(SendThrottled {
+            client: self.entity,
+            fp,
+            retry_in,
+        });
     }
 
-    fn on_kickout(&mut self, frame: &Frame) {
+    fn on_kickout(&mut self, frame: &Frame, now: Duration) {
         let info: KickoutInfo = decode_body(frame.data_content.as_deref()).unwrap_or_else(|e| {
-            self.emit(ClientEvent::BadFrame(e.into()));
+            self.bad_frame(e.into());
             KickoutInfo {
                 code: -1,
                 reason: None,
             }
         });
-        self.report_lost();
-        if self.session.state != SessionState::Disconnected {
-            self.close_link();
-        }
-        self.keepalive.stop();
-        self.relogin.stop();
-        self.qos_recv.clear();
-        self.session.state = SessionState::Disconnected;
-        self.emit(ClientEvent::Kicked {
-            code: KickoutCode::from_code(info.code),
-            reason: info.reason.clone(),
-        });
-        self.emit(ClientEvent::LinkClosed {
-            code: -1,
-            reason: "kicked out".into(),
-        });
-        self.session.kicked = Some(info);
+        self.end_link(LinkEnd::Kicked(info), now);
     }
 
     fn on_data(&mut self, frame: Frame, now: Duration) {
@@ -495,7 +789,8 @@ impl Core<'_> {
         {
             return;
         }
-        self.emit(ClientEvent::DataReceived {
+        self.emit(DataReceived {
+            client: self.entity,
             fp: frame.fp,
             from: frame.from.unwrap_or_default(),
             content: frame.data_content.unwrap_or_default(),
@@ -503,79 +798,93 @@ impl Core<'_> {
         });
     }
 
-    /// Runs every timer due at `now`: keepalive, QoS resends and losses, dedup
-    /// expiry, the login timeout and re-login.
+    /// Runs every timer due at `now`, in this order: keepalive, QoS resends and
+    /// losses, dedup expiry, the login timeout, re-login.
     pub fn tick(&mut self, now: Duration) {
         self.tick_keepalive(now);
         self.tick_qos_send(now);
-        self.tick_qos_recv(now);
+        self.qos_recv.expire(now);
         self.tick_relogin(now);
     }
 
-    /// Keepalive: send when due; a dead link is reported and re-login begins.
-    pub fn tick_keepalive(&mut self, now: Duration) {
-        if self.session.state != SessionState::LoggedIn {
+    fn tick_keepalive(&mut self, now: Duration) {
+        if !self.is_logged_in() {
             return;
         }
         match self.keepalive.tick(now) {
             KeepaliveTick::Idle => {}
             KeepaliveTick::Send => {
                 let frame = Frame::keepalive(&self.user());
-                self.write(&frame, false);
+                self.write(&frame);
             }
-            KeepaliveTick::Dead => {
-                self.close_link();
-                self.link_lost(-1, "keepalive timeout".into(), now);
-            }
+            KeepaliveTick::Dead => self.end_link(LinkEnd::Lost(CloseReason::KeepaliveTimeout), now),
         }
     }
 
     /// QoS send: resends and losses due now. While the link is down a due resend
     /// still counts, so a message is reported lost on time even if no link returns.
-    pub fn tick_qos_send(&mut self, now: Duration) {
-        let due = self
-            .qos_send
-            .tick(now, self.session.state == SessionState::LoggedIn);
+    fn tick_qos_send(&mut self, now: Duration) {
+        let due = self.qos_send.tick(now, self.is_logged_in());
         for frame in due.resend.iter().chain(&due.retry) {
-            self.write(frame, false);
+            self.write(frame);
         }
         self.out.stats.resends += due.resend.len() as u64;
         if !due.lost.is_empty() {
             self.out.stats.lost += due.lost.len() as u64;
-            self.emit(ClientEvent::MessagesLost(due.lost));
+            self.emit(MessagesLost {
+                client: self.entity,
+                frames: due.lost,
+            });
         }
     }
 
-    /// QoS receive: forget fingerprints whose window passed.
-    pub fn tick_qos_recv(&mut self, now: Duration) {
-        self.qos_recv.expire(now);
-    }
-
-    /// Login timeout and re-login attempts.
-    pub fn tick_relogin(&mut self, now: Duration) {
-        let waiting = matches!(
-            self.session.state,
-            SessionState::Connecting | SessionState::LoggingIn
-        );
-        if waiting
-            && now.saturating_sub(self.session.attempt_started) >= self.session.config.login_timeout
+    fn tick_relogin(&mut self, now: Duration) {
+        if let Phase::Attempt { started, .. } = self.phase
+            && now.saturating_sub(started) >= self.config.login_timeout
         {
-            self.close_link();
-            self.emit(ClientEvent::LinkError(TransportError::TimedOut(
-                self.session.config.login_timeout,
-            )));
-            self.attempt_failed(ResultCode::BadConnectToServer, now);
+            self.emit(LinkError {
+                client: self.entity,
+                error: TransportError::TimedOut(self.config.login_timeout),
+            });
+            self.end_link(LinkEnd::AttemptFailed(ResultCode::BadConnectToServer), now);
         }
-        if self.session.state != SessionState::Disconnected
-            || self.session.kicked.is_some()
-            || self.session.login.is_none()
+        if self.phase != Phase::Relogging {
+            return;
+        }
+        let limits = self.config.relogin_limits;
+        let stop = if limits
+            .max_attempts
+            .is_some_and(|max| self.relogin.attempts() >= max)
         {
+            Some(ReloginStop::AttemptsExhausted)
+        } else if let (Some(max), Some(lost)) = (limits.max_duration, self.lost_at)
+            && now.saturating_sub(lost) >= max
+        {
+            Some(ReloginStop::TimeExhausted)
+        } else {
+            None
+        };
+        if let Some(reason) = stop {
+            self.relogin.stop();
+            self.lost_at = None;
+            self.phase = offline(false, Some(reason));
+            self.emit(ReloginStopped {
+                client: self.entity,
+                reason,
+            });
             return;
         }
         if let Some(attempt) = self.relogin.tick(now) {
             self.out.stats.relogins += 1;
-            self.emit(ClientEvent::ReloginStarted { attempt });
-            self.begin_attempt(true, now);
+            self.emit(ReloginStarted {
+                client: self.entity,
+                attempt,
+            });
+            self.connect(true, now);
         }
     }
+}
+
+fn offline(released: bool, stopped: Option<ReloginStop>) -> Phase {
+    Phase::Offline { released, stopped }
 }

@@ -96,7 +96,7 @@ pub enum KeepaliveTick {
 }
 
 /// The keepalive clock of one logged-in link.
-#[derive(Debug, Default, bevy::prelude::Resource)]
+#[derive(Debug, Default)]
 pub struct Keepalive {
     mode: SenseMode,
     running: bool,
@@ -159,6 +159,15 @@ impl Keepalive {
     /// The latest measured round-trip time.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt
+    }
+
+    /// When [`tick`](Self::tick) next has something to do, while running.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        if !self.running {
+            return None;
+        }
+        let dead = self.last_heard.map(|heard| heard + self.mode.timeout());
+        Some(dead.map_or(self.next_send, |d| d.min(self.next_send)))
     }
 
     /// Decides what is due at `now`. After `Dead` the keepalive is stopped.

@@ -29,7 +29,7 @@ impl Default for DedupConfig {
 /// that many deadlines: under a flood of unique fingerprints the oldest are forgotten
 /// first, so a duplicate can only get through once it is older than the newest
 /// `max_entries` fingerprints.
-#[derive(Debug, Default, bevy::prelude::Resource)]
+#[derive(Debug, Default)]
 pub struct QosReceiveFilter {
     config: DedupConfig,
     seen: HashMap<String, Duration>,
@@ -71,6 +71,12 @@ impl QosReceiveFilter {
             self.queue.retain(|(d, fp)| seen.get(fp) == Some(d));
         }
         fresh
+    }
+
+    /// The earliest expiry in the queue (possibly of a refreshed entry: early, never
+    /// late).
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.queue.front().map(|(d, _)| *d)
     }
 
     /// Forgets fingerprints whose window has passed.

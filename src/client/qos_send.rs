@@ -99,14 +99,14 @@ pub struct QosTick {
 
 /// Pending QoS frames keyed by fingerprint, with a deadline queue so that a tick costs
 /// O(expired · log n), not O(pending).
-#[derive(Debug, Default, bevy::prelude::Resource)]
+#[derive(Debug, Default)]
 pub struct QosSendTable {
     config: QosSendConfig,
     pending: HashMap<String, Pending>,
     next_seq: u64,
-    /// Deadlines, earliest first. An entry is live only while it matches the pending
-    /// entry's current deadline; ACKed or rescheduled entries are skipped when popped.
-    queue: BinaryHeap<Reverse<(Duration, String)>>,
+    /// Deadlines, earliest first, then in sending order. An entry is live only while
+    /// it matches the pending entry's current deadline.
+    queue: BinaryHeap<Reverse<(Duration, u64, String)>>,
 }
 
 impl QosSendTable {
@@ -130,8 +130,8 @@ impl QosSendTable {
     pub fn track(&mut self, frame: Frame, written: bool, now: Duration) {
         let Some(fp) = frame.fp.clone() else { return };
         let deadline = now + self.config.wait_after(0);
-        self.queue.push(Reverse((deadline, fp.clone())));
         self.next_seq += 1;
+        self.queue.push(Reverse((deadline, self.next_seq, fp.clone())));
         self.pending.insert(
             fp,
             Pending {
@@ -144,6 +144,12 @@ impl QosSendTable {
                 throttled: 0,
             },
         );
+    }
+
+    /// The earliest deadline in the queue: may be one that was cancelled since (an
+    /// ACKed frame), never later than the next real one.
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.queue.peek().map(|Reverse((d, ..))| *d)
     }
 
     /// How many frames wait to be written at the next login.
@@ -164,11 +170,11 @@ impl QosSendTable {
     /// writes it.
     pub fn tick(&mut self, now: Duration, link_up: bool) -> QosTick {
         let mut out = QosTick::default();
-        while let Some(Reverse((deadline, _))) = self.queue.peek() {
+        while let Some(Reverse((deadline, ..))) = self.queue.peek() {
             if *deadline > now {
                 break;
             }
-            let Some(Reverse((deadline, fp))) = self.queue.pop() else {
+            let Some(Reverse((deadline, seq, fp))) = self.queue.pop() else {
                 break;
             };
             let Some(entry) = self.pending.get_mut(&fp) else {
@@ -195,7 +201,7 @@ impl QosSendTable {
                     entry.deadline = deadline + wait;
                     entry.owed = true;
                 }
-                self.queue.push(Reverse((entry.deadline, fp)));
+                self.queue.push(Reverse((entry.deadline, seq, fp)));
             } else if let Some(entry) = self.pending.remove(&fp) {
                 out.lost.push(entry.frame);
             }
@@ -231,7 +237,7 @@ impl QosSendTable {
                 entry.resends += 1;
                 entry.throttled_retry = false;
                 entry.deadline = now + self.config.wait_after(entry.resends);
-                self.queue.push(Reverse((entry.deadline, fp)));
+                self.queue.push(Reverse((entry.deadline, entry.seq, fp)));
                 resends += 1;
             }
             frames.push(entry.frame.clone());
@@ -258,7 +264,7 @@ impl QosSendTable {
         entry.throttled += 1;
         entry.throttled_retry = true;
         entry.deadline = now + backoff;
-        self.queue.push(Reverse((entry.deadline, fp.to_owned())));
+        self.queue.push(Reverse((entry.deadline, entry.seq, fp.to_owned())));
         Some(backoff)
     }
 
@@ -292,7 +298,7 @@ impl QosSendTable {
         if self.queue.len() > 2 * self.pending.len() + 64 {
             let pending = &self.pending;
             self.queue
-                .retain(|Reverse((d, fp))| pending.get(fp).is_some_and(|p| p.deadline == *d));
+                .retain(|Reverse((d, _, fp))| pending.get(fp).is_some_and(|p| p.deadline == *d));
         }
     }
 }

@@ -42,7 +42,7 @@ impl ReloginPolicy {
 }
 
 /// The re-login schedule.
-#[derive(Debug, bevy::prelude::Resource)]
+#[derive(Debug)]
 pub struct Relogin {
     policy: ReloginPolicy,
     rng: fastrand::Rng,

@@ -1,9 +1,10 @@
-//! The login session: who is logged in, on which stage of the link, and the saved
-//! login that re-logins present.
+//! The client's settings, the calls' arguments, and the connection state.
 
 use std::time::Duration;
 
-use crate::protocol::{Dialect, KickoutInfo, LoginInfo, MAX_FRAME_BYTES};
+use bevy::prelude::{Reflect, States};
+
+use crate::protocol::{Dialect, MAX_FRAME_BYTES};
 
 use super::{DedupConfig, QosSendConfig, ReloginPolicy, SenseMode};
 
@@ -29,8 +30,11 @@ pub struct ClientConfig {
     /// Seed for the re-login jitter; `None` picks a random one.
     pub jitter_seed: Option<u64>,
     /// How many QoS messages sent while a re-login is under way wait for it (and are
-    /// then written in order); one more is refused with 1, as before any login.
+    /// then written in order); one more is refused with
+    /// [`SendError::QueueFull`](super::SendError).
     pub max_queued: usize,
+    /// When automatic re-login gives up.
+    pub relogin_limits: ReloginLimits,
 }
 
 impl Default for ClientConfig {
@@ -46,6 +50,7 @@ impl Default for ClientConfig {
             max_frame_bytes: MAX_FRAME_BYTES,
             jitter_seed: None,
             max_queued: 1024,
+            relogin_limits: ReloginLimits::default(),
         }
     }
 }
@@ -132,94 +137,35 @@ impl Outgoing {
     }
 }
 
-/// Where the session stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
-pub enum SessionState {
-    /// No link.
+/// Where the connection stands: a Bevy [`States`] kept by the plugin in
+/// `ImSystems::Receive`, so games can use `in_state`, `OnEnter`/`OnExit` and
+/// `DespawnOnExit`. It follows the primary client.
+#[derive(States, Reflect, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ImConnection {
+    /// No session: not logged in yet, logged out, released, a refused login, or a
+    /// re-login that gave up.
     #[default]
-    Disconnected,
-    /// A link is being opened.
+    Offline,
+    /// A login the game asked for is connecting or waiting for the server's reply.
     Connecting,
-    /// The link is open and the login frame is out; waiting for the reply.
-    LoggingIn,
     /// Logged in.
     LoggedIn,
+    /// The link was lost; an automatic re-login is scheduled or in progress. QoS
+    /// messages sent now wait for it.
+    Relogging,
+    /// The server kicked the session out; nothing happens until the next login.
+    Kicked,
 }
 
-/// The login session (the seed's `ClientCoreSDK` state).
-#[derive(Debug, Default, bevy::prelude::Resource)]
-pub struct Session {
-    pub(super) config: ClientConfig,
-    pub(super) state: SessionState,
-    /// The login that (re-)logins present; its `first_login_time` is the server's
-    /// once the first login succeeded.
-    pub(super) login: Option<LoginInfo>,
-    /// Whether the first login succeeded (upstream's `loginHasInit`).
-    pub(super) login_has_init: bool,
-    /// Whether the attempt in progress is an automatic re-login.
-    pub(super) relogin_attempt: bool,
-    /// When the attempt in progress started.
-    pub(super) attempt_started: Duration,
-    /// When the session last logged in.
-    pub(super) logged_in_at: Duration,
-    pub(super) kicked: Option<KickoutInfo>,
-    pub(super) released: bool,
-}
-
-impl Session {
-    /// A disconnected session.
-    pub fn new(config: ClientConfig) -> Self {
-        Self {
-            config,
-            ..Self::default()
-        }
-    }
-
-    /// The configuration in force.
-    pub fn config(&self) -> &ClientConfig {
-        &self.config
-    }
-
-    /// Where the session stands.
-    pub fn state(&self) -> SessionState {
-        self.state
-    }
-
-    /// Whether the session is logged in.
-    pub fn is_logged_in(&self) -> bool {
-        self.state == SessionState::LoggedIn
-    }
-
-    /// The user id of the current (or last) login.
-    pub fn user_id(&self) -> Option<&str> {
-        self.login.as_ref().map(|l| l.login_user_id.as_str())
-    }
-
-    /// The server's time of the first login, once it succeeded.
-    pub fn first_login_time(&self) -> Option<i64> {
-        self.login
-            .as_ref()
-            .filter(|_| self.login_has_init)
-            .map(|l| l.first_login_time)
-    }
-
-    /// The kickout that ended the session, if one did.
-    pub fn kickout(&self) -> Option<&KickoutInfo> {
-        self.kicked.as_ref()
-    }
-
-    /// Whether an automatic re-login is under way or scheduled: the session logged in
-    /// once, is not logged in now, and was not kicked, logged out or released.
-    pub fn is_relogging(&self) -> bool {
-        self.state != SessionState::LoggedIn
-            && self.login_has_init
-            && self.config.auto_relogin
-            && self.kicked.is_none()
-            && !self.released
-    }
-
-    /// Whether the client was released (or never logged in).
-    pub fn is_released(&self) -> bool {
-        self.released
-    }
+/// When automatic re-login gives up ([`ReloginStopped`](super::ReloginStopped)).
+/// A login the server refuses with a code always stops it (the same token would be
+/// refused again), until the game gives a fresh token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReloginLimits {
+    /// At most this many attempts after a link is lost; `None` (the default, as
+    /// upstream) for no limit.
+    pub max_attempts: Option<u32>,
+    /// Give up once this long has passed since the link was lost; `None` (the
+    /// default) for no limit.
+    pub max_duration: Option<Duration>,
 }

@@ -1,20 +1,164 @@
-//! The `ImClient` system parameter: the seed's `ClientCoreSDK` calls.
+//! The `ImClient` and `ImClients` system parameters: the seed's `ClientCoreSDK` calls.
+
+use std::time::Duration;
 
 use bevy::ecs::system::SystemParam;
-use bevy::prelude::Res;
+use bevy::prelude::{Entity, Mut, Query, Res, With};
 use bevy::time::{Real, Time};
+use serde::Serialize;
 
-use super::{ImConfig, ImLink, Parts};
-use crate::client::{LoginRequest, Outgoing, SessionState};
+use super::{ImInbox, ImPrimaryClient, ImUrl};
+use crate::client::{
+    ClientCore, ImConnection, LoginError, LoginRequest, Outgoing, ReloginStop, SendError,
+    TypedMessage,
+};
 use crate::protocol::ResultCode;
 use crate::transport::LinkId;
 
-/// Logs in, sends, logs out and reads the client's state, from any system.
+/// One client, borrowed for calls: what [`ImClient`] and [`ImClients`] hand out.
 ///
-/// Local failures return the seed's code at once and write nothing; the outcome of
-/// everything that reaches the server arrives later as a message
-/// ([`LoginSucceeded`](super::LoginSucceeded), [`SendResult`](super::SendResult),
-/// [`MessageDelivered`](super::MessageDelivered), ...).
+/// Local failures return a typed error at once (the seed's code is `.code()` on it)
+/// and write nothing; the outcome of everything that reaches the server arrives later
+/// as a message ([`LoginSucceeded`](super::LoginSucceeded),
+/// [`SendResult`](super::SendResult), [`MessageDelivered`](super::MessageDelivered),
+/// ...).
+pub struct ImClientMut<'a> {
+    core: Mut<'a, ClientCore>,
+    url: &'a ImUrl,
+    inbox: Mut<'a, ImInbox>,
+    now: Duration,
+}
+
+impl ImClientMut<'_> {
+    /// The client's entity.
+    pub fn entity(&self) -> Entity {
+        self.core.entity()
+    }
+
+    /// Connects and logs in. The outcome arrives as `LoginSucceeded` or
+    /// `LoginFailed`.
+    ///
+    /// # Errors
+    /// [`LoginError::NoServerUrl`] when no URL is configured, [`LoginError::EmptyUserId`],
+    /// [`LoginError::TooLarge`].
+    pub fn login(&mut self, request: LoginRequest) -> Result<(), LoginError> {
+        if self.url.0.is_empty() {
+            return Err(LoginError::NoServerUrl);
+        }
+        self.core.login(request, self.now)
+    }
+
+    /// Logs out (the logout frame goes out only when logged in) and releases the
+    /// session: `MessagesLost` reports the messages still waiting for an ACK, then
+    /// `LoggedOut` the returned code (0 sent, 1 not logged in).
+    pub fn logout(&mut self) -> ResultCode {
+        self.core.logout(self.now)
+    }
+
+    /// Sends a message. Returns its fingerprint at once (`None` for a message with
+    /// neither QoS nor a caller fingerprint); `SendResult` reports the write, and
+    /// `MessageDelivered` or `MessagesLost` the QoS outcome. During a re-login a QoS
+    /// message waits and is written once logged in again.
+    ///
+    /// # Errors
+    /// [`SendError`]: not logged in, released, queue full, empty receiver, too large.
+    pub fn send(&mut self, message: Outgoing) -> Result<Option<String>, SendError> {
+        self.core.send(message, self.now)
+    }
+
+    /// Sends `payload` as JSON with QoS and `typeu` 0 (see [`send`](Self::send)).
+    ///
+    /// # Errors
+    /// [`SendError::Serialize`] when `payload` does not serialise, or what `send` returns.
+    pub fn send_json<T: Serialize>(
+        &mut self,
+        to: impl Into<String>,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        let content = serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
+        self.send(Outgoing::new(to, content))
+    }
+
+    /// Sends a [`TypedMessage`]: its JSON with QoS and its own `typeu`, so the
+    /// receiver can route by type ([`DataReceived::parse`](super::DataReceived::parse)).
+    ///
+    /// # Errors
+    /// As [`send_json`](Self::send_json).
+    pub fn send_typed<T: TypedMessage>(
+        &mut self,
+        to: impl Into<String>,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        let content = serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
+        self.send(Outgoing::new(to, content).typeu(T::TYPEU))
+    }
+
+    /// Stops everything and forgets the session. Messages still waiting for an ACK
+    /// are reported in `MessagesLost`.
+    pub fn release(&mut self) {
+        self.core.release(self.now);
+    }
+
+    /// Replaces the login token for the next (re-)login attempt. After re-login
+    /// stopped because the server refused the old token
+    /// ([`ReloginStop::Refused`]), it starts again at once.
+    pub fn set_token(&mut self, token: impl Into<String>) {
+        self.core.set_token(token, self.now);
+    }
+
+    /// Whether the session is logged in.
+    pub fn is_logged_in(&self) -> bool {
+        self.core.is_logged_in()
+    }
+
+    /// Where the connection stands.
+    pub fn state(&self) -> ImConnection {
+        self.core.state()
+    }
+
+    /// Why automatic re-login stopped, while offline because of it.
+    pub fn relogin_stopped(&self) -> Option<ReloginStop> {
+        self.core.relogin_stopped()
+    }
+
+    /// The user id of the current (or last) login.
+    pub fn user_id(&self) -> Option<&str> {
+        self.core.user_id()
+    }
+
+    /// The current link, if one is open or opening.
+    pub fn link(&self) -> Option<LinkId> {
+        self.core.link()
+    }
+
+    /// How many QoS messages wait for an ACK (including those queued for a re-login).
+    pub fn pending_count(&self) -> usize {
+        self.core.pending_count()
+    }
+
+    /// The latest keepalive round-trip time.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.core.rtt()
+    }
+
+    /// The client core, read only.
+    pub fn core(&self) -> &ClientCore {
+        &self.core
+    }
+
+    /// Received data kept until drained, oldest first.
+    pub fn inbox(&mut self) -> &mut ImInbox {
+        &mut self.inbox
+    }
+}
+
+type ClientData = (
+    &'static mut ClientCore,
+    &'static ImUrl,
+    &'static mut ImInbox,
+);
+
+/// The primary client, from any system: log in, send, log out, read its state.
 ///
 /// ```no_run
 /// use bevy::prelude::*;
@@ -25,81 +169,162 @@ use crate::transport::LinkId;
 ///     for msg in received.read() {
 ///         match im.send(Outgoing::new(msg.from.clone(), "gg")) {
 ///             Ok(fp) => info!("sent {fp:?}"),
-///             Err(code) => warn!("not sent: {code}"),
+///             Err(e) => warn!("not sent: {e} (code {})", e.code()),
 ///         }
 ///     }
 /// }
 /// ```
+///
+/// # Panics
+/// When the primary client entity was despawned (the plugin spawns it and never
+/// removes it).
 #[derive(SystemParam)]
-pub struct ImClient<'w> {
-    config: Res<'w, ImConfig>,
+pub struct ImClient<'w, 's> {
     time: Res<'w, Time<Real>>,
-    link: Res<'w, ImLink>,
-    parts: Parts<'w>,
+    clients: Query<'w, 's, ClientData, With<ImPrimaryClient>>,
 }
 
-impl ImClient<'_> {
-    /// Connects and logs in. The outcome arrives as `LoginSucceeded` or
-    /// `LoginFailed`. Fails at once with 205 when no URL is configured, or 4 for an
-    /// empty user id.
-    pub fn login(&mut self, request: LoginRequest) -> Result<(), ResultCode> {
-        if self.config.url.is_empty() {
-            return Err(ResultCode::ToServerNetInfoNotSetup);
+impl ImClient<'_, '_> {
+    /// The primary client, borrowed for calls.
+    pub fn get(&mut self) -> ImClientMut<'_> {
+        let now = self.time.elapsed();
+        let (core, url, inbox) = self
+            .clients
+            .single_mut()
+            .expect("the primary bevy_im client entity exists");
+        ImClientMut {
+            core,
+            url,
+            inbox,
+            now,
         }
-        let now = self.time.elapsed();
-        self.parts.core().login(request, now)
     }
 
-    /// Logs out (the logout frame goes out only when logged in) and releases the
-    /// session: `MessagesLost` reports the messages still waiting for an ACK, then
-    /// `LoggedOut` the same code.
+    fn read(&self) -> &ClientCore {
+        self.clients
+            .single()
+            .expect("the primary bevy_im client entity exists")
+            .0
+    }
+
+    /// See [`ImClientMut::login`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::login`].
+    pub fn login(&mut self, request: LoginRequest) -> Result<(), LoginError> {
+        self.get().login(request)
+    }
+
+    /// See [`ImClientMut::logout`].
     pub fn logout(&mut self) -> ResultCode {
-        self.parts.core().logout()
+        self.get().logout()
     }
 
-    /// Sends a message. Returns its fingerprint at once (`None` for a message with
-    /// neither QoS nor a caller fingerprint); `SendResult` reports the write, and
-    /// `MessageDelivered` or `MessagesLost` the QoS outcome. Fails at once with 1
-    /// before login, 203 after release, 4 for an empty receiver or a message over
-    /// the frame limit.
-    pub fn send(&mut self, message: Outgoing) -> Result<Option<String>, ResultCode> {
-        let now = self.time.elapsed();
-        self.parts.core().send(message, now)
+    /// See [`ImClientMut::send`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::send`].
+    pub fn send(&mut self, message: Outgoing) -> Result<Option<String>, SendError> {
+        self.get().send(message)
     }
 
-    /// Stops everything and forgets the session. Messages still waiting for an ACK
-    /// are reported in `MessagesLost`.
+    /// See [`ImClientMut::send_json`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::send_json`].
+    pub fn send_json<T: Serialize>(
+        &mut self,
+        to: impl Into<String>,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        self.get().send_json(to, payload)
+    }
+
+    /// See [`ImClientMut::send_typed`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::send_typed`].
+    pub fn send_typed<T: TypedMessage>(
+        &mut self,
+        to: impl Into<String>,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        self.get().send_typed(to, payload)
+    }
+
+    /// See [`ImClientMut::release`].
     pub fn release(&mut self) {
-        self.parts.core().release();
+        self.get().release();
+    }
+
+    /// See [`ImClientMut::set_token`].
+    pub fn set_token(&mut self, token: impl Into<String>) {
+        self.get().set_token(token);
     }
 
     /// Whether the session is logged in.
     pub fn is_logged_in(&self) -> bool {
-        self.parts.session.is_logged_in()
+        self.read().is_logged_in()
     }
 
-    /// Where the session stands.
-    pub fn state(&self) -> SessionState {
-        self.parts.session.state()
+    /// Where the connection stands.
+    pub fn state(&self) -> ImConnection {
+        self.read().state()
     }
 
     /// The user id of the current (or last) login.
     pub fn user_id(&self) -> Option<&str> {
-        self.parts.session.user_id()
+        self.read().user_id()
     }
 
     /// The current link, if one is open or opening.
     pub fn link(&self) -> Option<LinkId> {
-        self.link.current()
+        self.read().link()
     }
 
-    /// How many QoS messages wait for an ACK.
+    /// How many QoS messages wait for an ACK (including those queued for a re-login).
     pub fn pending_count(&self) -> usize {
-        self.parts.qos_send.len()
+        self.read().pending_count()
     }
 
     /// The latest keepalive round-trip time.
-    pub fn rtt(&self) -> Option<std::time::Duration> {
-        self.parts.keepalive.rtt()
+    pub fn rtt(&self) -> Option<Duration> {
+        self.read().rtt()
+    }
+
+    /// The client core, read only.
+    pub fn core(&self) -> &ClientCore {
+        self.read()
+    }
+}
+
+/// Every client entity, for apps with several (bots, load tools, split-screen).
+#[derive(SystemParam)]
+pub struct ImClients<'w, 's> {
+    time: Res<'w, Time<Real>>,
+    clients: Query<'w, 's, ClientData>,
+}
+
+impl ImClients<'_, '_> {
+    /// The client `entity`, borrowed for calls; `None` when it is not a client.
+    pub fn get_mut(&mut self, entity: Entity) -> Option<ImClientMut<'_>> {
+        let now = self.time.elapsed();
+        let (core, url, inbox) = self.clients.get_mut(entity).ok()?;
+        Some(ImClientMut {
+            core,
+            url,
+            inbox,
+            now,
+        })
+    }
+
+    /// The client `entity`'s core, read only.
+    pub fn get(&self, entity: Entity) -> Option<&ClientCore> {
+        self.clients.get(entity).ok().map(|(core, ..)| core)
+    }
+
+    /// Every client's core, read only.
+    pub fn iter(&self) -> impl Iterator<Item = &ClientCore> {
+        self.clients.iter().map(|(core, ..)| core)
     }
 }

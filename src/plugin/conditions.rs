@@ -1,13 +1,14 @@
-//! Run conditions for game systems.
+//! Run conditions for game systems, following the primary client. With states, the
+//! same reads as `in_state(ImConnection::LoggedIn)`.
 
-use bevy::prelude::Res;
+use bevy::prelude::{Query, Res, With};
 
-use super::ImStatus;
-use crate::client::{QosSendTable, Session};
+use super::{ImPrimaryClient, ImStatus};
+use crate::client::ClientCore;
 
 /// True while logged in.
-pub fn im_logged_in(session: Res<Session>) -> bool {
-    session.is_logged_in()
+pub fn im_logged_in(clients: Query<&ClientCore, With<ImPrimaryClient>>) -> bool {
+    clients.single().is_ok_and(ClientCore::is_logged_in)
 }
 
 /// True in the frame in which a login or re-login succeeded.
@@ -21,6 +22,6 @@ pub fn im_just_logged_out(status: Res<ImStatus>) -> bool {
 }
 
 /// True while QoS messages wait for an ACK.
-pub fn im_has_pending(table: Res<QosSendTable>) -> bool {
-    !table.is_empty()
+pub fn im_has_pending(clients: Query<&ClientCore, With<ImPrimaryClient>>) -> bool {
+    clients.single().is_ok_and(|c| c.pending_count() > 0)
 }

@@ -1,9 +1,10 @@
-//! Measurements in Bevy's `DiagnosticsStore`.
+//! Measurements of the primary client in Bevy's `DiagnosticsStore`.
 
 use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnostic};
-use bevy::prelude::{App, Res};
+use bevy::prelude::{App, Query, With};
 
-use crate::client::{CoreOutput, Keepalive, QosSendTable};
+use super::ImPrimaryClient;
+use crate::client::ClientCore;
 
 /// Round-trip time of the latest keepalive, in milliseconds.
 pub const RTT_MS: DiagnosticPath = DiagnosticPath::const_new("im/rtt_ms");
@@ -37,17 +38,18 @@ pub(super) fn register(app: &mut App) {
     }
 }
 
+/// Measures the primary client.
 pub(super) fn measure(
     mut diagnostics: Diagnostics,
-    out: Res<CoreOutput>,
-    table: Res<QosSendTable>,
-    keepalive: Res<Keepalive>,
+    clients: Query<&ClientCore, With<ImPrimaryClient>>,
 ) {
-    let stats = out.stats;
-    if let Some(rtt) = keepalive.rtt() {
+    let Ok(core) = clients.single() else { return };
+    let stats = core.stats();
+    if let Some(rtt) = core.rtt() {
         diagnostics.add_measurement(&RTT_MS, || rtt.as_secs_f64() * 1000.0);
     }
-    diagnostics.add_measurement(&PENDING_QOS, || table.len() as f64);
+    let pending = core.pending_count();
+    diagnostics.add_measurement(&PENDING_QOS, || pending as f64);
     diagnostics.add_measurement(&RESENDS, || stats.resends as f64);
     diagnostics.add_measurement(&LOST, || stats.lost as f64);
     diagnostics.add_measurement(&RELOGINS, || stats.relogins as f64);

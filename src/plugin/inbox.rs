@@ -2,14 +2,14 @@
 
 use std::collections::VecDeque;
 
-use bevy::prelude::Resource;
+use bevy::prelude::Component;
 
-use super::DataReceived;
+use crate::client::DataReceived;
 
 /// Every [`DataReceived`] is also kept here, so a game that does not read messages
 /// every frame (a menu, a loading screen) loses nothing. Bounded: past `capacity`
 /// the oldest entry is dropped and counted in [`overflowed`](Self::overflowed).
-#[derive(Resource, Debug)]
+#[derive(Component, Debug)]
 pub struct ImInbox {
     items: VecDeque<DataReceived>,
     capacity: usize,
@@ -65,6 +65,7 @@ mod tests {
 
     fn msg(n: usize) -> DataReceived {
         DataReceived {
+            client: bevy::prelude::Entity::PLACEHOLDER,
             fp: None,
             from: "bob".into(),
             content: n.to_string(),

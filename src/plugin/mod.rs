@@ -5,39 +5,49 @@
 //!
 //! | set | schedule | what |
 //! |---|---|---|
-//! | [`ImSystems::Receive`] | `PreUpdate` | drain transport events, decode frames, update the session and QoS tables, write messages |
+//! | [`ImSystems::Receive`] | `PreUpdate` | drain transport events, decode frames, update each client, write messages, set [`ImConnection`] |
 //! | [`ImSystems::Tick`] | `PostUpdate` | keepalive, QoS resends and losses, dedup expiry, re-login (time from `Time<Real>`) |
-//! | [`ImSystems::Send`] | `PostUpdate`, after `Tick` | encode and hand every queued frame to the transport in one flush; write messages; diagnostics |
+//! | [`ImSystems::Send`] | `PostUpdate`, after `Tick` | hand every queued frame to the transport in one flush; write messages; diagnostics |
 //!
 //! What a game sends in frame N is handed to the transport in frame N's `PostUpdate`;
 //! what arrives is visible to game systems in the next `Update`.
+//!
+//! # Clients are entities
+//!
+//! Each client is an entity holding a [`ClientCore`], its [`ImUrl`], its
+//! [`ImTransport`] and its [`ImInbox`]. The plugin spawns one, the primary client
+//! ([`ImPrimaryClient`]), which [`ImClient`], the run conditions, [`ImConnection`]
+//! and the diagnostics follow. Bots, load tools and split-screen games spawn more with
+//! [`ImClientBundle`] and reach any of them through [`ImClients`]; every message names
+//! its `client`.
 
 mod client;
 pub mod conditions;
 pub mod diagnostics;
 mod inbox;
-mod messages;
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bevy::ecs::query::QueryState;
 use bevy::prelude::*;
+use bevy::state::app::StatesPlugin;
 use bevy::time::Real;
 
-pub use client::ImClient;
-pub use inbox::ImInbox;
-pub use messages::{
-    BadFrame, DataReceived, KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed,
-    LoginSucceeded, MessageDelivered, MessagesLost, ReloginStarted, SendResult, SendThrottled,
+pub use crate::client::{
+    BadFrame, ClientEvent, CloseReason, DataReceived, ImConnection, KeepaliveReply, Kicked,
+    LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MessageDelivered,
+    MessagesLost, ReloginStarted, ReloginStop, ReloginStopped, SendResult, SendThrottled,
     ServerError,
 };
+pub use client::{ImClient, ImClientMut, ImClients};
+pub use inbox::ImInbox;
 
 use crate::client::{
-    Action, ClientConfig, ClientCore, ClientEvent, Core, CoreOutput, DedupConfig, Keepalive,
-    QosReceiveFilter, QosSendConfig, QosSendTable, Relogin, ReloginPolicy, SenseMode, Session,
+    Action, ClientConfig, ClientCore, DedupConfig, QosSendConfig, ReloginPolicy, SenseMode,
 };
 use crate::protocol::{Dialect, ResultCode};
-use crate::transport::{LinkId, Transport, TransportConfig, TransportEvent};
+use crate::transport::{Transport, TransportConfig, TransportEvent};
 
 /// Where the plugin's systems run, for ordering game systems against them.
 #[derive(SystemSet, Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -50,7 +60,9 @@ pub enum ImSystems {
     Send,
 }
 
-/// The client's settings: the seed's `WSOptions` and the daemons' constants.
+/// The client's settings: the seed's `WSOptions` and the daemons' constants. As a
+/// resource: the primary client's (inserted by the plugin, or read from it by
+/// [`ImClientPlugin::from_resource`]).
 #[derive(Resource, Debug, Clone, PartialEq)]
 pub struct ImConfig {
     /// The server, such as `ws://127.0.0.1:3000/websocket` (no query string).
@@ -136,25 +148,20 @@ impl ImConfig {
     }
 }
 
-/// The transport the plugin drives.
-#[derive(Resource)]
+/// The server URL of one client entity.
+#[derive(Component, Debug, Clone, PartialEq, Eq)]
+pub struct ImUrl(pub String);
+
+/// The transport of one client entity.
+#[derive(Component)]
 pub struct ImTransport(pub Box<dyn Transport>);
 
-/// The link the session is using; events from any other link are ignored.
-#[derive(Resource, Debug, Default)]
-pub struct ImLink {
-    current: Option<LinkId>,
-    next: u64,
-}
+/// Marks the primary client: the one the plugin spawned, which [`ImClient`], the run
+/// conditions, [`ImConnection`] and the diagnostics follow.
+#[derive(Component, Debug, Default, Clone, Copy)]
+pub struct ImPrimaryClient;
 
-impl ImLink {
-    /// The current link.
-    pub fn current(&self) -> Option<LinkId> {
-        self.current
-    }
-}
-
-/// Per-frame changes, for run conditions.
+/// Per-frame changes of the primary client, for run conditions.
 #[derive(Resource, Debug, Default)]
 pub struct ImStatus {
     was_logged_in: bool,
@@ -164,7 +171,71 @@ pub struct ImStatus {
     pub just_logged_out: bool,
 }
 
-/// Adds the client: resources, systems and messages.
+/// Everything a client entity holds. Spawn one per extra client (bots, tools,
+/// split-screen); the plugin spawns the primary one.
+///
+/// ```no_run
+/// use bevy::prelude::*;
+/// use bevy_im::prelude::*;
+///
+/// fn spawn_bot(mut commands: Commands, mut clients: ImClients) {
+///     let bot = ImClientBundle::new(ImConfig::new("ws://127.0.0.1:3000/websocket"))
+///         .spawn(&mut commands);
+///     // Next frame: clients.get_mut(bot).unwrap().login(LoginRequest::new("bot", "t"))
+/// }
+/// ```
+pub struct ImClientBundle {
+    config: ImConfig,
+    transport: Option<Box<dyn Transport>>,
+}
+
+impl ImClientBundle {
+    /// A client with `config` and the platform's WebSocket transport.
+    pub fn new(config: ImConfig) -> Self {
+        Self {
+            config,
+            transport: None,
+        }
+    }
+
+    /// Uses `transport` instead of the platform's (for tests: `MemoryTransport`).
+    pub fn with_transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Box::new(transport));
+        self
+    }
+
+    fn parts(self, entity: Entity) -> impl Bundle {
+        let transport = self
+            .transport
+            .unwrap_or_else(|| platform_transport(&self.config.transport));
+        let mut core = ClientCore::new(self.config.client.clone());
+        core.set_entity(entity);
+        (
+            core,
+            ImTransport(transport),
+            ImInbox::new(self.config.inbox_capacity),
+            ImUrl(self.config.url),
+        )
+    }
+
+    /// Spawns the client; it can log in from the next command flush on.
+    pub fn spawn(self, commands: &mut Commands) -> Entity {
+        let entity = commands.spawn_empty().id();
+        commands.entity(entity).insert(self.parts(entity));
+        entity
+    }
+
+    /// Spawns the client into `world` at once.
+    pub fn spawn_in(self, world: &mut World) -> Entity {
+        let entity = world.spawn_empty().id();
+        world.entity_mut(entity).insert(self.parts(entity));
+        entity
+    }
+}
+
+/// Adds the client: the primary client entity, systems, messages, observer events and
+/// the [`ImConnection`] state (adding Bevy's `StatesPlugin` when missing, so add this
+/// plugin after `DefaultPlugins` or `MinimalPlugins`).
 ///
 /// ```no_run
 /// use bevy::prelude::*;
@@ -176,6 +247,7 @@ pub struct ImStatus {
 ///     .add_systems(Startup, |mut im: ImClient| {
 ///         im.login(LoginRequest::new("alice", "token")).unwrap();
 ///     })
+///     .add_systems(OnEnter(ImConnection::LoggedIn), || info!("online"))
 ///     .run();
 /// ```
 pub struct ImClientPlugin {
@@ -224,51 +296,32 @@ impl Plugin for ImClientPlugin {
             .transport
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or_else(|| platform_transport(&config.transport));
-        let core = ClientCore::new(config.client.clone());
-        app.insert_resource(ImTransport(transport))
-            .insert_resource(ImInbox::new(config.inbox_capacity))
-            .insert_resource(config)
-            .insert_resource(core.session)
-            .insert_resource(core.qos_send)
-            .insert_resource(core.qos_recv)
-            .insert_resource(core.keepalive)
-            .insert_resource(core.relogin)
-            .insert_resource(core.out)
-            .init_resource::<ImLink>()
+            .take();
+        let bundle = ImClientBundle {
+            config: config.clone(),
+            transport,
+        };
+        let primary = bundle.spawn_in(app.world_mut());
+        app.world_mut().entity_mut(primary).insert(ImPrimaryClient);
+        if !app.is_plugin_added::<StatesPlugin>() {
+            app.add_plugins(StatesPlugin);
+        }
+        ClientEvent::add_messages(app);
+        app.insert_resource(config)
             .init_resource::<ImStatus>()
-            .add_message::<LoginSucceeded>()
-            .add_message::<LoginFailed>()
-            .add_message::<LinkClosed>()
-            .add_message::<DataReceived>()
-            .add_message::<ServerError>()
-            .add_message::<MessagesLost>()
-            .add_message::<MessageDelivered>()
-            .add_message::<Kicked>()
-            .add_message::<ReloginStarted>()
-            .add_message::<LoggedOut>()
-            .add_message::<SendResult>()
-            .add_message::<KeepaliveReply>()
-            .add_message::<LinkError>()
-            .add_message::<BadFrame>()
-            .add_message::<SendThrottled>()
+            .init_state::<ImConnection>()
+            .register_type::<ImConnection>()
             .configure_sets(PostUpdate, (ImSystems::Tick, ImSystems::Send).chain())
             .add_systems(
                 PreUpdate,
-                (receive, emit_messages, update_status)
+                (receive, deliver, update_status)
                     .chain()
                     .in_set(ImSystems::Receive),
             )
+            .add_systems(PostUpdate, tick.in_set(ImSystems::Tick))
             .add_systems(
                 PostUpdate,
-                (tick_keepalive, tick_qos_send, tick_qos_recv, tick_relogin)
-                    .chain()
-                    .in_set(ImSystems::Tick),
-            )
-            .add_systems(
-                PostUpdate,
-                (flush, emit_messages, diagnostics::measure)
+                (flush, deliver, diagnostics::measure)
                     .chain()
                     .in_set(ImSystems::Send),
             );
@@ -286,215 +339,104 @@ fn platform_transport(config: &TransportConfig) -> Box<dyn Transport> {
     Box::new(crate::transport::WebTransport::new(config.clone()))
 }
 
-/// The client's parts as system parameters.
-#[derive(bevy::ecs::system::SystemParam)]
-pub(crate) struct Parts<'w> {
-    session: ResMut<'w, Session>,
-    qos_send: ResMut<'w, QosSendTable>,
-    qos_recv: ResMut<'w, QosReceiveFilter>,
-    keepalive: ResMut<'w, Keepalive>,
-    relogin: ResMut<'w, Relogin>,
-    out: ResMut<'w, CoreOutput>,
-}
-
-impl Parts<'_> {
-    pub(crate) fn core(&mut self) -> Core<'_> {
-        Core {
-            session: &mut self.session,
-            qos_send: &mut self.qos_send,
-            qos_recv: &mut self.qos_recv,
-            keepalive: &mut self.keepalive,
-            relogin: &mut self.relogin,
-            out: &mut self.out,
-        }
-    }
-}
-
-fn receive(
-    mut transport: ResMut<ImTransport>,
-    mut link: ResMut<ImLink>,
-    time: Res<Time<Real>>,
-    mut parts: Parts,
-) {
+/// Feeds every transport event to its client's core; the core ignores stale links.
+fn receive(time: Res<Time<Real>>, mut clients: Query<(&mut ClientCore, &mut ImTransport)>) {
     let now = time.elapsed();
-    while let Some(event) = transport.0.poll() {
-        if link.current != Some(event.link()) {
-            continue;
-        }
-        // The core already let go of this link (a login, release, kickout or failed
-        // login since the last flush): nothing more from it may reach the session.
-        let replacing = parts
-            .out
-            .actions
-            .iter()
-            .any(|a| matches!(a, Action::Close | Action::Connect));
-        if replacing {
-            continue;
-        }
-        let mut core = parts.core();
-        match event {
-            TransportEvent::Opened { .. } => core.on_link_opened(now),
-            TransportEvent::Text { text, .. } => core.on_text(&text, now),
-            TransportEvent::Closed { code, reason, .. } => {
-                link.current = None;
-                core.on_link_closed(code, &reason, now);
+    for (mut core, mut transport) in &mut clients {
+        while let Some(event) = transport.0.poll() {
+            match event {
+                TransportEvent::Opened { link } => core.on_link_opened(link, now),
+                TransportEvent::Text { link, text } => core.on_text(link, &text, now),
+                TransportEvent::Closed { link, code, reason } => {
+                    core.on_link_closed(link, code, &reason, now)
+                }
+                TransportEvent::Error { link, error } => core.on_link_error(link, error),
             }
-            TransportEvent::Error { error, .. } => core.on_link_error(error),
         }
     }
 }
 
-fn tick_keepalive(time: Res<Time<Real>>, mut parts: Parts) {
-    parts.core().tick_keepalive(time.elapsed());
+fn tick(time: Res<Time<Real>>, mut clients: Query<&mut ClientCore>) {
+    let now = time.elapsed();
+    for mut core in &mut clients {
+        core.tick(now);
+    }
 }
 
-fn tick_qos_send(time: Res<Time<Real>>, mut parts: Parts) {
-    parts.core().tick_qos_send(time.elapsed());
+/// Hands every queued action to its client's transport, in order.
+fn flush(mut clients: Query<(&mut ClientCore, &mut ImTransport, &ImUrl)>) {
+    for (mut core, mut transport, url) in &mut clients {
+        if core.has_output() {
+            core.flush_into(&mut *transport.0, &url.0);
+        }
+    }
 }
 
-fn tick_qos_recv(time: Res<Time<Real>>, mut parts: Parts) {
-    parts.core().tick_qos_recv(time.elapsed());
+/// Writes every event the clients produced as messages and observer events, and
+/// keeps received data in each client's inbox.
+fn deliver(world: &mut World, clients: &mut QueryState<(&mut ClientCore, &mut ImInbox)>) {
+    let mut events = Vec::new();
+    for (mut core, mut inbox) in clients.iter_mut(world) {
+        if !core.has_output() {
+            continue;
+        }
+        for event in core.take_events() {
+            if let ClientEvent::DataReceived(data) = &event {
+                inbox.push(data.clone());
+            }
+            events.push(event);
+        }
+    }
+    for event in events {
+        event.deliver(world);
+    }
 }
 
-fn tick_relogin(time: Res<Time<Real>>, mut parts: Parts) {
-    parts.core().tick_relogin(time.elapsed());
-}
-
-/// Hands every queued action to the transport, in order.
-fn flush(
-    mut transport: ResMut<ImTransport>,
-    mut link: ResMut<ImLink>,
-    config: Res<ImConfig>,
-    mut out: ResMut<CoreOutput>,
-    mut results: MessageWriter<SendResult>,
+fn update_status(
+    clients: Query<&ClientCore, With<ImPrimaryClient>>,
+    mut status: ResMut<ImStatus>,
+    state: Res<State<ImConnection>>,
+    mut next: ResMut<NextState<ImConnection>>,
 ) {
-    for action in std::mem::take(&mut out.actions) {
-        match action {
-            Action::Connect => {
-                if let Some(old) = link.current.take() {
-                    transport.0.close(old);
-                }
-                link.next += 1;
-                let id = LinkId(link.next);
-                link.current = Some(id);
-                transport.0.connect(id, &config.url);
-            }
-            Action::Close => {
-                if let Some(old) = link.current.take() {
-                    transport.0.close(old);
-                }
-            }
-            Action::Send { text, fp, report } => {
-                let written = match link.current {
-                    Some(id) => transport.0.send(id, text),
-                    None => Err(crate::transport::TransportError::NotOpen),
-                };
-                if let Err(e) = &written {
-                    debug!("frame not written: {e}");
-                }
-                if report {
-                    let code = match written {
-                        Ok(()) => ResultCode::Ok,
-                        Err(_) => ResultCode::DataSendFailed,
-                    };
-                    results.write(SendResult { fp, code });
-                }
-            }
-        }
-    }
-}
-
-/// The game-facing messages for every event the core produced.
-#[derive(bevy::ecs::system::SystemParam)]
-struct Writers<'w> {
-    login_ok: MessageWriter<'w, LoginSucceeded>,
-    login_failed: MessageWriter<'w, LoginFailed>,
-    link_closed: MessageWriter<'w, LinkClosed>,
-    data: MessageWriter<'w, DataReceived>,
-    server_error: MessageWriter<'w, ServerError>,
-    lost: MessageWriter<'w, MessagesLost>,
-    delivered: MessageWriter<'w, MessageDelivered>,
-    kicked: MessageWriter<'w, Kicked>,
-    relogin: MessageWriter<'w, ReloginStarted>,
-    logged_out: MessageWriter<'w, LoggedOut>,
-    keepalive: MessageWriter<'w, KeepaliveReply>,
-    link_error: MessageWriter<'w, LinkError>,
-    bad_frame: MessageWriter<'w, BadFrame>,
-    throttled: MessageWriter<'w, SendThrottled>,
-}
-
-fn emit_messages(mut out: ResMut<CoreOutput>, mut inbox: ResMut<ImInbox>, mut w: Writers) {
-    for event in std::mem::take(&mut out.events) {
-        match event {
-            ClientEvent::LoginSucceeded {
-                user_id,
-                relogin,
-                first_login_time,
-            } => {
-                w.login_ok.write(LoginSucceeded {
-                    user_id,
-                    relogin,
-                    first_login_time,
-                });
-            }
-            ClientEvent::LoginFailed { code, relogin } => {
-                w.login_failed.write(LoginFailed { code, relogin });
-            }
-            ClientEvent::LinkClosed { code, reason } => {
-                w.link_closed.write(LinkClosed { code, reason });
-            }
-            ClientEvent::DataReceived {
-                fp,
-                from,
-                content,
-                typeu,
-            } => {
-                let msg = DataReceived {
-                    fp,
-                    from,
-                    content,
-                    typeu,
-                };
-                inbox.push(msg.clone());
-                w.data.write(msg);
-            }
-            ClientEvent::ServerError { code, msg } => {
-                w.server_error.write(ServerError { code, msg });
-            }
-            ClientEvent::MessagesLost(frames) => {
-                w.lost.write(MessagesLost { frames });
-            }
-            ClientEvent::MessageDelivered { fp } => {
-                w.delivered.write(MessageDelivered { fp });
-            }
-            ClientEvent::Kicked { code, reason } => {
-                w.kicked.write(Kicked { code, reason });
-            }
-            ClientEvent::ReloginStarted { attempt } => {
-                w.relogin.write(ReloginStarted { attempt });
-            }
-            ClientEvent::LoggedOut { code } => {
-                w.logged_out.write(LoggedOut { code });
-            }
-            ClientEvent::KeepaliveReply { rtt } => {
-                w.keepalive.write(KeepaliveReply { rtt });
-            }
-            ClientEvent::LinkError(error) => {
-                w.link_error.write(LinkError { error });
-            }
-            ClientEvent::BadFrame(problem) => {
-                w.bad_frame.write(BadFrame { problem });
-            }
-            ClientEvent::SendThrottled { fp, retry_in } => {
-                w.throttled.write(SendThrottled { fp, retry_in });
-            }
-        }
-    }
-}
-
-fn update_status(session: Res<Session>, mut status: ResMut<ImStatus>) {
-    let now = session.is_logged_in();
+    let Ok(core) = clients.single() else { return };
+    let now = core.is_logged_in();
     status.just_logged_in = now && !status.was_logged_in;
     status.just_logged_out = !now && status.was_logged_in;
     status.was_logged_in = now;
+    let connection = core.state();
+    if *state.get() != connection {
+        next.set(connection);
+    }
+}
+
+impl ClientCore {
+    /// Carries out the queued actions on `transport`, reporting the game's own writes
+    /// as [`SendResult`].
+    fn flush_into(&mut self, transport: &mut dyn Transport, url: &str) {
+        for action in self.take_actions() {
+            match action {
+                Action::Connect { link } => transport.connect(link, url),
+                Action::Close { link } => transport.close(link),
+                Action::Send {
+                    link,
+                    text,
+                    fp,
+                    report,
+                } => {
+                    let written = transport.send(link, text);
+                    if let Err(e) = &written {
+                        debug!("frame not written: {e}");
+                    }
+                    if report {
+                        let code = match written {
+                            Ok(()) => ResultCode::Ok,
+                            Err(_) => ResultCode::DataSendFailed,
+                        };
+                        let client = self.entity();
+                        self.push_event(SendResult { client, fp, code });
+                    }
+                }
+            }
+        }
+    }
 }

@@ -2,7 +2,7 @@
 /// (login hooks answer their own codes; upstream suggests values above 1024).
 ///
 /// The docs give the seed's names, misspellings included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bevy::prelude::Reflect)]
 pub enum ResultCode {
     /// 0, `COMMON_CODE_OK`.
     Ok,

@@ -31,7 +31,7 @@ pub const UNSET_ID: &str = "-1";
 ///
 /// Anything else is a [`DecodeError::BadField`] naming the field. The bodies inside
 /// `dataContent` follow the same rules (see [`decode_body`](super::decode_body)).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, bevy::prelude::Reflect)]
 pub struct Frame {
     /// Whether the frame crossed the server-to-server bridge.
     pub bridge: bool,

@@ -173,7 +173,7 @@ impl std::fmt::Display for Dialect {
 }
 
 /// Why the server kicked a session out (the `code` of `PKickoutInfo`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, bevy::prelude::Reflect)]
 pub enum KickoutCode {
     /// 1, `KICKOUT_FOR_DUPLICATE_LOGIN`: the same user logged in elsewhere.
     DuplicateLogin,
