@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bevy_im::client::{
     ClientConfig, ClientCore, DedupConfig, LoginRequest, Outgoing, QosReceiveFilter, QosSendConfig,
-    QosSendTable,
+    QosSendTable, QosTick,
 };
 use bevy_im::protocol::{Frame, LoginResponse};
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -20,6 +20,7 @@ fn table_with(n: usize) -> QosSendTable {
         let at = Duration::from_micros((i as u64 * 3_000_000) / n.max(1) as u64);
         t.track(
             Frame::data("alice", "bob", "gg", true, Some(format!("fp-{i:08}")), 0),
+            true,
             at,
         );
     }
@@ -27,11 +28,19 @@ fn table_with(n: usize) -> QosSendTable {
 }
 
 fn qos_tick(c: &mut Criterion) {
+    // What the two groups time: nothing due at 2.999 s, exactly one resend at 3 s.
+    let mut check = table_with(10);
+    assert_eq!(
+        check.tick(Duration::from_millis(2_999), true),
+        QosTick::default()
+    );
+    assert_eq!(check.tick(Duration::from_secs(3), true).resend.len(), 1);
+
     let mut g = c.benchmark_group("qos_send_tick_nothing_due");
     for n in [10usize, 1_000, 10_000] {
         let mut t = table_with(n);
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| black_box(t.tick(black_box(Duration::from_millis(2_999)))))
+            b.iter(|| black_box(t.tick(black_box(Duration::from_millis(2_999)), true)))
         });
     }
     g.finish();
@@ -42,7 +51,7 @@ fn qos_tick(c: &mut Criterion) {
             b.iter_batched_ref(
                 || table_with(n),
                 // Exactly the first entry's deadline (sent at 0 s) is due at 3 s.
-                |t| black_box(t.tick(Duration::from_secs(3))),
+                |t| black_box(t.tick(Duration::from_secs(3), true)),
                 BatchSize::LargeInput,
             )
         });
@@ -58,7 +67,7 @@ fn qos_tick(c: &mut Criterion) {
             |(mut t, frames)| {
                 for f in frames {
                     let fp = f.fp.clone().unwrap_or_default();
-                    t.track(f, Duration::ZERO);
+                    t.track(f, true, Duration::ZERO);
                     t.ack(&fp);
                 }
                 t
@@ -96,7 +105,7 @@ fn codec(c: &mut Criterion) {
     c.bench_function("frame_decode", |b| {
         b.iter(|| black_box(Frame::decode(black_box(&text))))
     });
-    let frame = Frame::decode(&text).unwrap_or_else(|_| Frame::new(2, "a", "b"));
+    let frame = Frame::decode(&text).expect("the benched frame decodes");
     c.bench_function("frame_encode", |b| b.iter(|| black_box(frame.encode())));
 }
 
@@ -104,8 +113,11 @@ fn core_roundtrip(c: &mut Criterion) {
     // One chat message through the whole core: send, then the server's ACK.
     let mut client = ClientCore::new(ClientConfig::default());
     let t0 = Duration::ZERO;
-    let _ = client.core().login(LoginRequest::new("alice", "t"), t0);
-    client.core().on_link_opened(t0);
+    client
+        .login(LoginRequest::new("alice", "t"), t0)
+        .expect("the login is accepted");
+    let link = client.link().expect("the login opens a link");
+    client.on_link_opened(link, t0);
     let ok = Frame::login_response(
         "alice",
         &LoginResponse {
@@ -113,24 +125,25 @@ fn core_roundtrip(c: &mut Criterion) {
             first_login_time: 1,
         },
     );
-    client.core().on_frame(ok, t0);
+    client.on_text(link, &ok.to_json(), t0);
     client.take_actions();
     client.take_events();
-    let dialect = client.session.config().dialect;
+    assert!(client.is_logged_in(), "the bench needs a logged-in client");
+    let dialect = client.config().dialect;
     c.bench_function("core_send_then_ack", |b| {
         b.iter(|| {
             let fp = client
-                .core()
                 .send(Outgoing::new("bob", "gg"), t0)
-                .ok()
-                .flatten()
-                .unwrap_or_default();
+                .expect("the message is sent")
+                .expect("a QoS message has a fingerprint");
             let ack = Frame::server_ack(dialect, "bob", "alice", &fp);
-            client.core().on_text(&ack.to_json(), t0);
+            client.on_text(link, &ack.to_json(), t0);
             black_box(client.take_actions());
             black_box(client.take_events());
         })
     });
+    assert!(client.is_logged_in());
+    assert_eq!(client.pending_count(), 0, "every message was ACKed");
 }
 
 criterion_group!(benches, qos_tick, dedup, codec, core_roundtrip);

@@ -14,16 +14,16 @@ pub mod transport;
 /// The names a game needs, in one import.
 pub mod prelude {
     pub use crate::client::{
-        ImConnection, LoginError, LoginRequest, Outgoing, ReloginLimits, ReloginPolicy,
-        SendError, SenseMode, TypedMessage,
+        ImConnection, LoginError, LoginRequest, Outgoing, ReloginLimits, ReloginPolicy, SendError,
+        SenseMode, TypedMessage,
     };
     pub use crate::plugin::conditions::*;
     pub use crate::plugin::{
-        BadFrame, CloseReason, DataReceived, ImClient, ImClientBundle, ImClientMut,
-        ImClientPlugin, ImClients, ImConfig, ImInbox, ImPrimaryClient, ImSystems,
-        KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded,
-        MessageDelivered, MessagesLost, ReloginStarted, ReloginStop, ReloginStopped, SendResult,
-        SendThrottled, ServerError,
+        BadFrame, CloseReason, DataReceived, ImClient, ImClientBundle, ImClientMut, ImClientPlugin,
+        ImClients, ImConfig, ImInbox, ImPrimaryClient, ImSystems, KeepaliveReply, Kicked,
+        LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MessageDelivered,
+        MessagesLost, ReloginStarted, ReloginStop, ReloginStopped, SendResult, SendThrottled,
+        ServerError,
     };
     pub use crate::protocol::{Dialect, KickoutCode, ResultCode};
 }

@@ -157,7 +157,11 @@ impl ImTestApp {
 
     /// Updates until `done` holds, at most `max_updates` times, sleeping 1 ms of real
     /// time between updates so that real I/O can progress. Returns whether it held.
-    pub fn update_until(&mut self, max_updates: usize, mut done: impl FnMut(&mut Self) -> bool) -> bool {
+    pub fn update_until(
+        &mut self,
+        max_updates: usize,
+        mut done: impl FnMut(&mut Self) -> bool,
+    ) -> bool {
         for _ in 0..max_updates {
             if done(self) {
                 return true;
@@ -193,7 +197,9 @@ impl ImTestApp {
             .app
             .world_mut()
             .query_filtered::<&ClientCore, With<ImPrimaryClient>>();
-        query.single(self.app.world()).expect("the primary client exists")
+        query
+            .single(self.app.world())
+            .expect("the primary client exists")
     }
 
     /// Takes every message of type `T` written since the last call.

@@ -3,14 +3,22 @@
 
 use std::time::Duration;
 
+use bevy::prelude::Entity;
 use bevy_im::client::{
-    Action, ClientConfig, ClientCore, ClientEvent, LoginRequest, Outgoing, ReloginPolicy,
-    SessionState,
+    Action, ClientConfig, ClientCore, ClientEvent, CloseReason, DataReceived, ImConnection,
+    KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginError, LoginFailed,
+    LoginRequest, LoginSucceeded, MessageDelivered, MessagesLost, Outgoing, ReloginLimits,
+    ReloginPolicy, ReloginStarted, ReloginStop, ReloginStopped, SendError, SendThrottled,
+    SenseMode, ServerError,
 };
 use bevy_im::protocol::{
-    Dialect, ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse, ResultCode,
-    decode_body, wire,
+    Dialect, ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse,
+    MAX_FRAME_BYTES, ResultCode, decode_body, wire,
 };
+use bevy_im::transport::{LinkId, TransportError};
+
+/// The entity named in every event of a core driven outside Bevy.
+const ME: Entity = Entity::PLACEHOLDER;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -20,7 +28,17 @@ fn s(n: u64) -> Duration {
     Duration::from_secs(n)
 }
 
-/// A client driven by hand, with helpers to read what it wrote.
+/// An action with its link left out, so that a list of them can be compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Act {
+    Connect,
+    /// A frame written, by its type.
+    Send(i32),
+    Close,
+}
+
+/// A client driven by hand, with helpers to read what it wrote. The link helpers
+/// name the current link, as a transport would.
 struct Script {
     c: ClientCore,
 }
@@ -40,6 +58,30 @@ impl Script {
         }
     }
 
+    /// The current link; panics when there is none.
+    fn link(&self) -> LinkId {
+        self.c.link().expect("a current link")
+    }
+
+    fn opened(&mut self, now: Duration) {
+        let link = self.link();
+        self.c.on_link_opened(link, now);
+    }
+
+    fn closed(&mut self, code: Option<u16>, reason: &str, now: Duration) {
+        let link = self.link();
+        self.c.on_link_closed(link, code, reason, now);
+    }
+
+    fn text(&mut self, text: &str, now: Duration) {
+        let link = self.link();
+        self.c.on_text(link, text, now);
+    }
+
+    fn server(&mut self, frame: Frame, now: Duration) {
+        self.text(&frame.to_json(), now);
+    }
+
     /// Frames written since the last call (connects and closes are dropped).
     fn sent(&mut self) -> Vec<Frame> {
         self.c
@@ -52,28 +94,57 @@ impl Script {
             .collect()
     }
 
+    /// Data frames written since the last call (keepalives and the rest dropped).
+    fn data_sent(&mut self) -> Vec<Frame> {
+        self.sent()
+            .into_iter()
+            .filter(|f| f.ty == wire::COMMON_DATA)
+            .collect()
+    }
+
     fn actions(&mut self) -> Vec<Action> {
         self.c.take_actions()
+    }
+
+    /// Actions since the last call, without their links.
+    fn acts(&mut self) -> Vec<Act> {
+        self.c
+            .take_actions()
+            .into_iter()
+            .map(|a| match a {
+                Action::Connect { .. } => Act::Connect,
+                Action::Send { text, .. } => Act::Send(Frame::decode(&text).unwrap().ty),
+                Action::Close { .. } => Act::Close,
+            })
+            .collect()
     }
 
     fn events(&mut self) -> Vec<ClientEvent> {
         self.c.take_events()
     }
 
-    fn server(&mut self, frame: Frame, now: Duration) {
-        self.c.core().on_text(&frame.to_json(), now);
-    }
-
     /// Logs `alice` in at `now`; the server answers with `first_login_time`.
     fn logged_in(dialect: Dialect, now: Duration, first_login_time: i64) -> Self {
-        let mut t = Self::new(dialect);
-        t.c.core()
-            .login(LoginRequest::new("alice", "secret").with_app("lobby"), now)
+        Self::logged_in_with(
+            ClientConfig {
+                dialect,
+                jitter_seed: Some(1),
+                ..ClientConfig::default()
+            },
+            now,
+            first_login_time,
+        )
+    }
+
+    fn logged_in_with(config: ClientConfig, now: Duration, first_login_time: i64) -> Self {
+        let mut t = Self::with(config);
+        t.c.login(LoginRequest::new("alice", "secret").with_app("lobby"), now)
             .unwrap();
-        t.c.core().on_link_opened(now);
+        t.opened(now);
         t.sent();
         t.server(login_ok("alice", first_login_time), now);
         t.events();
+        assert!(t.c.is_logged_in());
         t
     }
 }
@@ -88,25 +159,82 @@ fn login_ok(to: &str, first_login_time: i64) -> Frame {
     )
 }
 
+fn login_refused(to: &str, code: i32) -> Frame {
+    Frame::login_response(
+        to,
+        &LoginResponse {
+            code,
+            first_login_time: -1,
+        },
+    )
+}
+
 fn login_body(frame: &Frame) -> LoginInfo {
     assert_eq!(frame.ty, wire::LOGIN);
     decode_body(frame.data_content.as_deref()).unwrap()
 }
 
+fn login_succeeded(relogin: bool, first_login_time: i64) -> ClientEvent {
+    ClientEvent::LoginSucceeded(LoginSucceeded {
+        client: ME,
+        user_id: "alice".into(),
+        relogin,
+        first_login_time,
+    })
+}
+
+fn login_failed(code: ResultCode, relogin: bool) -> ClientEvent {
+    ClientEvent::LoginFailed(LoginFailed {
+        client: ME,
+        code,
+        relogin,
+    })
+}
+
+fn link_closed(reason: CloseReason) -> ClientEvent {
+    ClientEvent::LinkClosed(LinkClosed { client: ME, reason })
+}
+
+fn relogin_started(attempt: u32) -> ClientEvent {
+    ClientEvent::ReloginStarted(ReloginStarted {
+        client: ME,
+        attempt,
+    })
+}
+
+fn relogin_stopped(reason: ReloginStop) -> ClientEvent {
+    ClientEvent::ReloginStopped(ReloginStopped { client: ME, reason })
+}
+
+fn delivered(fp: &str) -> ClientEvent {
+    ClientEvent::MessageDelivered(MessageDelivered {
+        client: ME,
+        fp: fp.into(),
+    })
+}
+
+fn v6_kickout(code: i32) -> Frame {
+    Frame::kickout(
+        Dialect::MobileImSdkV6,
+        "alice",
+        &KickoutInfo { code, reason: None },
+    )
+}
+
 #[test]
 fn clean_login_sends_only_the_login_and_reports_success() {
     let mut t = Script::new(Dialect::Seed);
-    t.c.core()
-        .login(
-            LoginRequest::new("alice", "secret")
-                .with_app("lobby")
-                .with_extra("x"),
-            s(0),
-        )
-        .unwrap();
-    assert_eq!(t.actions(), [Action::Connect]);
-    assert_eq!(t.c.session.state(), SessionState::Connecting);
-    t.c.core().on_link_opened(ms(20));
+    t.c.login(
+        LoginRequest::new("alice", "secret")
+            .with_app("lobby")
+            .with_extra("x"),
+        s(0),
+    )
+    .unwrap();
+    let link = t.link();
+    assert_eq!(t.actions(), [Action::Connect { link }]);
+    assert_eq!(t.c.state(), ImConnection::Connecting);
+    t.opened(ms(20));
     let sent = t.sent();
     assert_eq!(sent.len(), 1, "nothing but the login until the reply");
     let body = login_body(&sent[0]);
@@ -115,138 +243,114 @@ fn clean_login_sends_only_the_login_and_reports_success() {
     assert_eq!(body.app.as_deref(), Some("lobby"));
     assert_eq!(body.extra.as_deref(), Some("x"));
     assert_eq!(body.first_login_time, 0);
-    assert_eq!(
-        t.c.core().send(Outgoing::new("bob", "too early"), ms(30)),
-        Err(ResultCode::NoLogin)
-    );
+    let early = t.c.send(Outgoing::new("bob", "too early"), ms(30));
+    assert_eq!(early, Err(SendError::NotLoggedIn));
+    assert_eq!(early.unwrap_err().code(), ResultCode::NoLogin);
     t.server(login_ok("alice", 1_795_643_442_840), ms(40));
-    assert_eq!(
-        t.events(),
-        [ClientEvent::LoginSucceeded {
-            user_id: "alice".into(),
-            relogin: false,
-            first_login_time: 1_795_643_442_840
-        }]
-    );
-    assert!(t.c.session.is_logged_in());
+    assert_eq!(t.events(), [login_succeeded(false, 1_795_643_442_840)]);
+    assert!(t.c.is_logged_in());
+    assert_eq!(t.c.state(), ImConnection::LoggedIn);
+    assert_eq!(t.c.user_id(), Some("alice"));
+    assert_eq!(t.c.first_login_time(), Some(1_795_643_442_840));
 }
 
 #[test]
 fn failed_login_reports_the_servers_code_and_does_not_retry() {
     let mut t = Script::new(Dialect::MobileImSdkV6);
-    t.c.core()
-        .login(LoginRequest::new("alice", "bad"), s(0))
-        .unwrap();
-    t.c.core().on_link_opened(s(0));
+    t.c.login(LoginRequest::new("alice", "bad"), s(0)).unwrap();
+    t.opened(s(0));
     t.sent();
-    t.server(
-        Frame::login_response(
-            "alice",
-            &LoginResponse {
-                code: 1025,
-                first_login_time: -1,
-            },
-        ),
-        s(0),
-    );
-    assert_eq!(
-        t.events(),
-        [ClientEvent::LoginFailed {
-            code: ResultCode::Other(1025),
-            relogin: false
-        }]
-    );
-    assert_eq!(t.actions(), [Action::Close]);
-    t.c.core().on_link_closed(Some(1000), "Bye", s(0));
-    t.c.core().tick(s(600));
+    let link = t.link();
+    t.server(login_refused("alice", 1025), s(0));
+    assert_eq!(t.events(), [login_failed(ResultCode::Other(1025), false)]);
+    assert_eq!(t.actions(), [Action::Close { link }]);
+    assert_eq!(t.c.state(), ImConnection::Offline);
+    assert_eq!(t.c.relogin_stopped(), None, "a first login is no re-login");
+    // The close the server sends after it is for a link the core already closed.
+    t.c.on_link_closed(link, Some(1000), "Bye", s(0));
+    t.c.tick(s(600));
     assert!(t.actions().is_empty(), "no re-login after a refused login");
+    assert!(t.events().is_empty());
 }
 
 #[test]
 fn a_refused_connect_is_a_failed_login_with_code_202() {
     let mut t = Script::new(Dialect::Seed);
-    t.c.core()
-        .login(LoginRequest::new("alice", "t"), s(0))
-        .unwrap();
+    t.c.login(LoginRequest::new("alice", "t"), s(0)).unwrap();
     t.actions();
-    t.c.core().on_link_closed(None, "refused", s(0));
+    t.closed(None, "refused", s(0));
     assert_eq!(
         t.events(),
-        [ClientEvent::LoginFailed {
-            code: ResultCode::BadConnectToServer,
-            relogin: false
-        }]
+        [login_failed(ResultCode::BadConnectToServer, false)]
     );
+    assert!(t.actions().is_empty(), "the link is closed already");
+    assert_eq!(t.c.state(), ImConnection::Offline);
 }
 
 #[test]
 fn dead_link_is_reported_and_relogin_presents_the_saved_first_login_time() {
     let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 777);
     // Keepalives at 5 s and 10 s go unanswered; the link is dead at 13 s.
-    t.c.core().tick(s(5));
+    t.c.tick(s(5));
     assert_eq!(t.sent()[0].ty, wire::KEEP_ALIVE);
-    t.c.core().tick(s(10));
+    t.c.tick(s(10));
     assert_eq!(t.sent().len(), 1);
-    t.c.core().tick(ms(12_999));
+    assert_eq!(
+        t.c.poll_timeout(),
+        Some(s(13)),
+        "8 s after the first keepalive"
+    );
+    t.c.tick(ms(12_999));
     assert!(t.events().is_empty());
-    t.c.core().tick(s(13));
+    assert!(t.actions().is_empty());
+    let old = t.link();
+    t.c.tick(s(13));
+    let new = t.link();
+    assert_ne!(new, old);
     assert_eq!(
         t.actions(),
-        [Action::Close, Action::Connect],
+        [Action::Close { link: old }, Action::Connect { link: new }],
         "first attempt at once"
     );
     assert_eq!(
         t.events(),
         [
-            ClientEvent::LinkClosed {
-                code: -1,
-                reason: "keepalive timeout".into()
-            },
-            ClientEvent::ReloginStarted { attempt: 1 }
+            link_closed(CloseReason::KeepaliveTimeout),
+            relogin_started(1)
         ]
     );
-    t.c.core().on_link_opened(s(13));
+    assert_eq!(CloseReason::KeepaliveTimeout.seed_code(), -1);
+    t.opened(s(13));
     let body = login_body(&t.sent()[0]);
     assert_eq!(
         body.first_login_time, 777,
         "the server's time from the first login"
     );
     t.server(login_ok("alice", 777), s(13));
-    assert_eq!(
-        t.events(),
-        [ClientEvent::LoginSucceeded {
-            user_id: "alice".into(),
-            relogin: true,
-            first_login_time: 777
-        }]
-    );
+    assert_eq!(t.events(), [login_succeeded(true, 777)]);
 }
 
 #[test]
 fn failed_relogin_attempts_back_off_and_each_is_reported() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    t.c.core().on_link_closed(None, "reset", s(1));
-    t.c.core().tick(s(1));
-    assert_eq!(t.actions(), [Action::Connect]);
-    t.c.core().on_link_closed(None, "refused", s(1));
+    t.closed(None, "reset", s(1));
+    t.c.tick(s(1));
+    assert_eq!(t.acts(), [Act::Connect]);
+    t.closed(None, "refused", s(1));
     let ev = t.events();
-    assert!(ev.contains(&ClientEvent::LoginFailed {
-        code: ResultCode::BadConnectToServer,
-        relogin: true
-    }));
-    let due = t.c.relogin.due().unwrap();
+    assert!(ev.contains(&login_failed(ResultCode::BadConnectToServer, true)));
+    let due = t.c.relogin().due().unwrap();
+    assert_eq!(t.c.poll_timeout(), Some(due));
     assert!(
         due >= ms(2_500) && due <= s(4),
         "1.5–3 s after the failure: {due:?}"
     );
-    t.c.core().tick(due - ms(1));
+    t.c.tick(due - ms(1));
     assert!(t.actions().is_empty());
-    t.c.core().tick(due);
-    assert_eq!(t.actions(), [Action::Connect]);
-    assert!(
-        t.events()
-            .contains(&ClientEvent::ReloginStarted { attempt: 2 })
-    );
+    assert!(t.events().is_empty());
+    t.c.tick(due);
+    assert_eq!(t.acts(), [Act::Connect]);
+    assert!(t.events().contains(&relogin_started(2)));
 }
 
 #[test]
@@ -255,70 +359,63 @@ fn upstream_parity_relogin_retries_every_3_seconds() {
         relogin: ReloginPolicy::UPSTREAM,
         ..ClientConfig::default()
     });
-    t.c.core()
-        .login(LoginRequest::new("alice", "t"), s(0))
-        .unwrap();
-    t.c.core().on_link_opened(s(0));
+    t.c.login(LoginRequest::new("alice", "t"), s(0)).unwrap();
+    t.opened(s(0));
     t.server(login_ok("alice", 1), s(0));
-    t.c.core().on_link_closed(None, "reset", s(10));
+    t.actions();
+    t.closed(None, "reset", s(10));
+    assert!(t.actions().is_empty(), "nothing before the tick");
     for n in 0..3u64 {
         let at = s(10 + 3 * n);
-        t.actions();
-        t.c.core().tick(at);
-        assert_eq!(t.actions(), [Action::Connect], "attempt at {at:?}");
-        t.c.core().on_link_closed(None, "refused", at);
+        if n > 0 {
+            t.c.tick(at - ms(1));
+            assert!(t.actions().is_empty(), "nothing before {at:?}");
+        }
+        t.c.tick(at);
+        assert_eq!(t.acts(), [Act::Connect], "attempt at {at:?}");
+        t.closed(None, "refused", at);
+        assert!(t.actions().is_empty(), "no reconnect at once after {at:?}");
     }
 }
 
 #[test]
 fn kickout_in_the_v6_dialect_ends_the_session_with_no_relogin() {
     let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
-    let kick = Frame::kickout(
-        Dialect::MobileImSdkV6,
-        "alice",
-        &KickoutInfo {
-            code: 1,
-            reason: None,
-        },
-    );
+    let kick = v6_kickout(1);
     assert_eq!(kick.ty, 54);
+    let link = t.link();
     t.server(kick, s(1));
     assert_eq!(
         t.events(),
         [
-            ClientEvent::Kicked {
+            ClientEvent::Kicked(Kicked {
+                client: ME,
                 code: KickoutCode::DuplicateLogin,
                 reason: None
-            },
-            ClientEvent::LinkClosed {
-                code: -1,
-                reason: "kicked out".into()
-            }
+            }),
+            link_closed(CloseReason::Kicked),
         ]
     );
-    assert_eq!(t.actions(), [Action::Close]);
-    t.c.core().on_link_closed(Some(1000), "Bye", s(1));
+    assert_eq!(t.actions(), [Action::Close { link }]);
+    assert_eq!(t.c.state(), ImConnection::Kicked);
+    assert_eq!(t.c.kickout().map(|k| k.code), Some(1));
+    t.c.on_link_closed(link, Some(1000), "Bye", s(1));
     for at in [1, 5, 30, 300] {
-        t.c.core().tick(s(at));
+        t.c.tick(s(at));
     }
     assert!(t.actions().is_empty(), "never re-login after a kickout");
-    assert_eq!(
-        t.c.core().send(Outgoing::new("bob", "x"), s(300)),
-        Err(ResultCode::NoLogin)
-    );
+    let refused = t.c.send(Outgoing::new("bob", "x"), s(300));
+    assert_eq!(refused, Err(SendError::NotLoggedIn));
+    assert_eq!(refused.unwrap_err().code(), ResultCode::NoLogin);
 }
 
 #[test]
 fn kickout_in_the_seed_dialect_is_type_55_and_54_is_an_ack() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "hi"), s(0))
-            .unwrap()
-            .unwrap();
+    let fp = t.c.send(Outgoing::new("bob", "hi"), s(0)).unwrap().unwrap();
     t.sent();
     t.server(Frame::server_ack(Dialect::Seed, "bob", "alice", &fp), s(0));
-    assert_eq!(t.events(), [ClientEvent::MessageDelivered { fp }]);
+    assert_eq!(t.events(), [delivered(&fp)]);
     let kick = Frame::kickout(
         Dialect::Seed,
         "alice",
@@ -331,64 +428,42 @@ fn kickout_in_the_seed_dialect_is_type_55_and_54_is_an_ack() {
     t.server(kick, s(1));
     assert_eq!(
         t.events()[0],
-        ClientEvent::Kicked {
+        ClientEvent::Kicked(Kicked {
+            client: ME,
             code: KickoutCode::Admin,
             reason: Some("admin".into())
-        }
+        })
     );
-    t.c.core().tick(s(60));
-    assert!(!t.actions().contains(&Action::Connect));
+    t.c.tick(s(60));
+    assert!(!t.acts().contains(&Act::Connect));
 }
 
 #[test]
 fn a_kickout_right_after_login_success_is_handled() {
     let mut t = Script::new(Dialect::MobileImSdkV6);
-    t.c.core()
-        .login(LoginRequest::new("alice", "t"), s(0))
-        .unwrap();
-    t.c.core().on_link_opened(s(0));
+    t.c.login(LoginRequest::new("alice", "t"), s(0)).unwrap();
+    t.opened(s(0));
     t.server(login_ok("alice", 1), s(0));
-    t.server(
-        Frame::kickout(
-            Dialect::MobileImSdkV6,
-            "alice",
-            &KickoutInfo {
-                code: 1,
-                reason: None,
-            },
-        ),
-        s(0),
-    );
+    t.server(v6_kickout(1), s(0));
     let ev = t.events();
-    assert!(matches!(ev[0], ClientEvent::LoginSucceeded { .. }));
-    assert!(matches!(ev[1], ClientEvent::Kicked { .. }));
-    assert_eq!(t.c.session.state(), SessionState::Disconnected);
+    assert!(matches!(ev[0], ClientEvent::LoginSucceeded(_)));
+    assert!(matches!(ev[1], ClientEvent::Kicked(_)));
+    assert_eq!(t.c.state(), ImConnection::Kicked);
     t.actions();
-    t.c.core().tick(s(100));
-    assert!(!t.actions().contains(&Action::Connect));
+    t.c.tick(s(100));
+    assert!(!t.acts().contains(&Act::Connect));
 }
 
 #[test]
 fn pending_messages_are_reported_lost_on_kickout_not_dropped() {
     let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "hi"), s(0))
-            .unwrap()
-            .unwrap();
-    t.server(
-        Frame::kickout(
-            Dialect::MobileImSdkV6,
-            "alice",
-            &KickoutInfo {
-                code: 1,
-                reason: None,
-            },
-        ),
-        s(1),
-    );
+    let fp = t.c.send(Outgoing::new("bob", "hi"), s(0)).unwrap().unwrap();
+    t.server(v6_kickout(1), s(1));
     match &t.events()[0] {
-        ClientEvent::MessagesLost(frames) => assert_eq!(frames[0].fp.as_deref(), Some(&*fp)),
+        ClientEvent::MessagesLost(MessagesLost { client, frames }) => {
+            assert_eq!(*client, ME);
+            assert_eq!(frames[0].fp.as_deref(), Some(&*fp));
+        }
         other => panic!("{other:?}"),
     }
 }
@@ -400,36 +475,33 @@ fn error_301_reports_and_relogs_in_after_the_delay() {
         error_code: 301,
         error_msg: "{\"type\":1}".into(),
     });
+    let link = t.link();
     t.server(err, s(2));
     assert_eq!(
         t.events(),
         [
-            ClientEvent::ServerError {
-                code: 301,
+            ClientEvent::ServerError(ServerError {
+                client: ME,
+                code: ResultCode::ResponseForUnlogin,
                 msg: "{\"type\":1}".into()
-            },
-            ClientEvent::LinkClosed {
-                code: 301,
-                reason: "server says not logged in".into()
-            }
+            }),
+            link_closed(CloseReason::NotLoggedIn),
         ]
     );
-    assert_eq!(t.actions(), [Action::Close]);
-    t.c.core().on_link_closed(Some(1000), "Bye", s(2));
-    t.c.core().tick(ms(4_999));
+    assert_eq!(CloseReason::NotLoggedIn.seed_code(), 301);
+    assert_eq!(t.actions(), [Action::Close { link }]);
+    t.c.on_link_closed(link, Some(1000), "Bye", s(2));
+    assert_eq!(t.c.poll_timeout(), Some(s(5)));
+    t.c.tick(ms(4_999));
     assert!(t.actions().is_empty(), "not at once after a 301");
-    t.c.core().tick(s(5));
-    assert_eq!(t.actions(), [Action::Connect], "3 s after the 301");
+    t.c.tick(s(5));
+    assert_eq!(t.acts(), [Act::Connect], "3 s after the 301");
 }
 
 #[test]
 fn a_throttled_message_is_resent_after_a_backoff_and_is_no_server_error() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "x"), s(0))
-            .unwrap()
-            .unwrap();
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
     let original = t.sent().remove(0);
     // The server refuses it for its rate limit: the error frame carries the frame.
     t.server(
@@ -441,22 +513,23 @@ fn a_throttled_message_is_resent_after_a_backoff_and_is_no_server_error() {
     );
     assert_eq!(
         t.events(),
-        [ClientEvent::SendThrottled {
+        [ClientEvent::SendThrottled(SendThrottled {
+            client: ME,
             fp: Some(fp.clone()),
             retry_in: Some(ms(500)),
-        }]
+        })]
     );
-    t.c.core().tick(ms(599));
+    t.c.tick(ms(599));
     assert!(t.sent().is_empty());
-    t.c.core().tick(ms(600));
+    t.c.tick(ms(600));
     assert_eq!(t.sent(), [original], "the same frame, after the back-off");
     t.server(
         Frame::server_ack(Dialect::Seed, "bob", "alice", &fp),
         ms(700),
     );
-    assert_eq!(t.events(), [ClientEvent::MessageDelivered { fp }]);
-    assert_eq!(t.c.out.stats.throttled, 1);
-    assert_eq!(t.c.out.stats.resends, 0, "a throttled retry is not a resend");
+    assert_eq!(t.events(), [delivered(&fp)]);
+    assert_eq!(t.c.stats().throttled, 1);
+    assert_eq!(t.c.stats().resends, 0, "a throttled retry is not a resend");
 }
 
 #[test]
@@ -471,12 +544,13 @@ fn a_throttled_frame_that_is_not_pending_is_reported_but_not_resent() {
     );
     assert_eq!(
         t.events(),
-        [ClientEvent::SendThrottled {
+        [ClientEvent::SendThrottled(SendThrottled {
+            client: ME,
             fp: None,
             retry_in: None
-        }]
+        })]
     );
-    t.c.core().tick(s(2));
+    t.c.tick(s(2));
     assert!(t.sent().is_empty());
 }
 
@@ -492,20 +566,20 @@ fn other_server_errors_are_reported_and_keep_the_session() {
     );
     assert_eq!(
         t.events(),
-        [ClientEvent::ServerError {
-            code: 500,
+        [ClientEvent::ServerError(ServerError {
+            client: ME,
+            code: ResultCode::Other(500),
             msg: "slow down".into()
-        }]
+        })]
     );
-    assert!(t.c.session.is_logged_in());
+    assert!(t.c.is_logged_in());
 }
 
 #[test]
 fn a_qos_message_is_resent_at_3_and_6_seconds_and_lost_at_9() {
     let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
     let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "hello").typeu(7), ms(100))
+        t.c.send(Outgoing::new("bob", "hello").typeu(7), ms(100))
             .unwrap()
             .unwrap();
     let first = t.sent();
@@ -513,65 +587,59 @@ fn a_qos_message_is_resent_at_3_and_6_seconds_and_lost_at_9() {
     assert!(first[0].qos);
     assert_eq!(first[0].typeu, 7);
     let resent_at = |t: &mut Script, at: Duration| {
-        t.c.core().tick_qos_send(at);
-        t.sent()
-            .into_iter()
-            .filter(|f| f.ty == wire::COMMON_DATA)
-            .count()
+        t.c.tick(at);
+        t.data_sent().len()
     };
     assert_eq!(resent_at(&mut t, ms(3_099)), 0);
     assert_eq!(resent_at(&mut t, ms(3_100)), 1);
     assert_eq!(resent_at(&mut t, ms(6_099)), 0);
     assert_eq!(resent_at(&mut t, ms(6_100)), 1);
-    t.c.core().tick_qos_send(ms(9_099));
+    t.c.tick(ms(9_099));
     assert!(t.events().is_empty());
-    t.c.core().tick_qos_send(ms(9_100));
+    t.c.tick(ms(9_100));
     match &t.events()[..] {
-        [ClientEvent::MessagesLost(frames)] => {
+        [ClientEvent::MessagesLost(MessagesLost { client, frames })] => {
+            assert_eq!(*client, ME);
             assert_eq!(frames.len(), 1);
             assert_eq!(frames[0].fp.as_deref(), Some(&*fp));
             assert_eq!(frames[0].content(), "hello");
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(t.c.out.stats.resends, 2);
-    assert_eq!(t.c.out.stats.lost, 1);
+    assert_eq!(t.c.stats().resends, 2);
+    assert_eq!(t.c.stats().lost, 1);
 }
 
 #[test]
 fn an_ack_between_resends_reports_delivery_once_and_stops_resending() {
     let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "x"), s(0))
-            .unwrap()
-            .unwrap();
-    t.c.core().tick_qos_send(s(3));
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
+    t.c.tick(s(3));
     assert_eq!(t.sent().len(), 2);
     let ack = Frame::server_ack(Dialect::MobileImSdkV6, "bob", "alice", &fp);
     t.server(ack.clone(), ms(3_500));
     t.server(ack, ms(3_600));
-    assert_eq!(t.events(), [ClientEvent::MessageDelivered { fp }]);
+    assert_eq!(t.events(), [delivered(&fp)]);
     for at in [6, 9, 12] {
-        t.c.core().tick_qos_send(s(at));
+        t.c.tick(s(at));
     }
-    assert!(t.sent().is_empty());
+    assert!(t.data_sent().is_empty(), "keepalives only");
     assert!(t.events().is_empty());
+    assert_eq!(t.c.pending_count(), 0);
 }
 
 #[test]
 fn messages_without_qos_get_no_fingerprint_and_no_resend() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
     assert_eq!(
-        t.c.core().send(Outgoing::new("bob", "x").qos(false), s(0)),
+        t.c.send(Outgoing::new("bob", "x").qos(false), s(0)),
         Ok(None)
     );
     let own =
-        t.c.core()
-            .send(Outgoing::new("bob", "y").fingerprint("mine"), s(0));
+        t.c.send(Outgoing::new("bob", "y").fingerprint("mine"), s(0));
     assert_eq!(own, Ok(Some("mine".into())));
     t.sent();
-    t.c.core().tick_qos_send(s(3));
+    t.c.tick(s(3));
     let resent = t.sent();
     assert_eq!(resent.len(), 1);
     assert_eq!(resent[0].fp.as_deref(), Some("mine"));
@@ -593,81 +661,143 @@ fn received_qos_data_is_acked_every_time_and_delivered_once() {
     }
     assert_eq!(
         t.events(),
-        [ClientEvent::DataReceived {
+        [ClientEvent::DataReceived(DataReceived {
+            client: ME,
             fp: Some("fp-1".into()),
             from: "bob".into(),
             content: "hey".into(),
             typeu: 3
-        }]
+        })]
     );
 }
 
 #[test]
 fn the_dedup_window_expires_after_ten_minutes() {
-    let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
+    // Keepalives every hour, so that ticking over 30 minutes keeps the session.
+    let mut t = Script::logged_in_with(
+        ClientConfig {
+            dialect: Dialect::MobileImSdkV6,
+            sense_mode: SenseMode::Custom {
+                interval: s(3600),
+                timeout: s(7200),
+            },
+            ..ClientConfig::default()
+        },
+        s(0),
+        5,
+    );
     let msg = Frame::data("bob", "alice", "hey", true, Some("fp-1".into()), 0);
     t.server(msg.clone(), s(0));
     t.server(msg.clone(), s(599));
     assert_eq!(t.events().len(), 1);
-    t.c.core().tick_qos_recv(s(1199));
-    t.server(msg.clone(), s(1199));
+    // Without the refresh at 599 s the window would have ended at 600 s.
+    t.c.tick(s(1198));
+    t.server(msg.clone(), s(1198));
     assert_eq!(
         t.events().len(),
-        1,
-        "a duplicate refreshed the window to 1199 s"
+        0,
+        "a duplicate at 599 s refreshed the window to 1199 s"
     );
-    t.c.core().tick_qos_recv(s(1799));
-    t.server(msg, s(1799));
+    // The copy at 1198 s refreshed it again, to exactly 1798 s.
+    t.c.tick(s(1798) - ms(1));
+    assert_eq!(t.c.qos_recv().len(), 1);
+    t.c.tick(s(1798));
+    assert_eq!(t.c.qos_recv().len(), 0, "forgotten 600 s after last seen");
+    t.server(msg, s(1798));
     assert_eq!(
         t.events().len(),
         1,
         "delivered again once the window passed"
     );
+    assert!(t.c.is_logged_in());
 }
 
 #[test]
 fn a_keepalive_reply_keeps_the_link_alive_and_measures_rtt() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
     for n in 1..=10u64 {
-        t.c.core().tick(s(5 * n));
+        t.c.tick(s(5 * n));
         assert_eq!(t.sent().len(), 1);
         t.server(Frame::keepalive_response("alice"), s(5 * n) + ms(30));
     }
     let ev = t.events();
     assert_eq!(ev.len(), 10);
-    assert!(
-        ev.iter()
-            .all(|e| *e == ClientEvent::KeepaliveReply { rtt: Some(ms(30)) })
-    );
-    assert!(t.c.session.is_logged_in());
+    assert!(ev.iter().all(|e| *e
+        == ClientEvent::KeepaliveReply(KeepaliveReply {
+            client: ME,
+            rtt: Some(ms(30))
+        })));
+    assert!(t.c.is_logged_in());
+    assert_eq!(t.c.rtt(), Some(ms(30)));
 }
 
 #[test]
 fn keepalives_are_sent_only_while_logged_in() {
+    // Before the login reply.
     let mut t = Script::new(Dialect::Seed);
-    t.c.core()
-        .login(LoginRequest::new("alice", "t"), s(0))
-        .unwrap();
-    t.c.core().on_link_opened(s(0));
+    t.c.login(LoginRequest::new("alice", "t"), s(0)).unwrap();
+    t.opened(s(0));
     t.sent();
-    t.c.core().tick(s(6));
+    t.c.tick(s(6));
     assert!(t.sent().is_empty());
+
+    // After the link is lost (re-login attempts connect but never open).
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    t.c.tick(s(5));
+    assert_eq!(t.sent()[0].ty, wire::KEEP_ALIVE);
+    t.closed(None, "reset", s(6));
+    for at in 6..=60 {
+        t.c.tick(s(at));
+        assert!(t.sent().is_empty(), "nothing written at {at} s");
+    }
+
+    // After a kickout.
+    let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
+    t.server(v6_kickout(1), s(1));
+    t.actions();
+    for at in 1..=60 {
+        t.c.tick(s(at));
+        assert!(t.actions().is_empty(), "nothing at {at} s");
+    }
+
+    // After a logout.
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    t.c.logout(s(1));
+    assert_eq!(t.acts(), [Act::Send(wire::LOGOUT), Act::Close]);
+    for at in 1..=60 {
+        t.c.tick(s(at));
+        assert!(t.actions().is_empty(), "nothing at {at} s");
+    }
 }
 
 #[test]
 fn a_stalled_login_times_out() {
     let mut t = Script::new(Dialect::Seed);
-    t.c.core()
-        .login(LoginRequest::new("alice", "t"), s(0))
-        .unwrap();
-    t.c.core().on_link_opened(s(0));
+    t.c.login(LoginRequest::new("alice", "t"), s(0)).unwrap();
+    assert_eq!(t.c.poll_timeout(), Some(s(10)));
     t.actions();
-    t.c.core().tick(s(10));
-    assert_eq!(t.actions(), [Action::Close]);
-    assert!(t.events().contains(&ClientEvent::LoginFailed {
-        code: ResultCode::BadConnectToServer,
-        relogin: false
-    }));
+    // The link opens late; the 10 s run from the connect, not from the open.
+    t.c.tick(s(4));
+    t.opened(s(4));
+    assert_eq!(t.acts(), [Act::Send(wire::LOGIN)]);
+    assert_eq!(t.c.poll_timeout(), Some(s(10)));
+    t.c.tick(ms(9_999));
+    assert!(t.actions().is_empty());
+    assert!(t.events().is_empty());
+    t.c.tick(s(10));
+    assert_eq!(t.acts(), [Act::Close]);
+    assert_eq!(
+        t.events(),
+        [
+            ClientEvent::LinkError(LinkError {
+                client: ME,
+                error: TransportError::TimedOut(s(10)),
+            }),
+            login_failed(ResultCode::BadConnectToServer, false),
+        ]
+    );
+    assert_eq!(t.c.state(), ImConnection::Offline);
+    assert_eq!(t.c.poll_timeout(), None);
 }
 
 #[test]
@@ -675,35 +805,44 @@ fn logout_sends_the_logout_frame_only_when_logged_in() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
     let fps: Vec<String> = (0..3)
         .map(|i| {
-            t.c.core()
-                .send(Outgoing::new("bob", format!("m{i}")), s(0))
+            t.c.send(Outgoing::new("bob", format!("m{i}")), s(0))
                 .unwrap()
                 .unwrap()
         })
         .collect();
     t.sent();
-    assert_eq!(t.c.core().logout(), ResultCode::Ok);
+    let link = t.link();
+    assert_eq!(t.c.logout(s(0)), ResultCode::Ok);
     let actions = t.actions();
     match &actions[..] {
-        [Action::Send { text, .. }, Action::Close] => {
-            assert_eq!(Frame::decode(text).unwrap().ty, wire::LOGOUT)
+        [
+            Action::Send { link: a, text, .. },
+            Action::Close { link: b },
+        ] => {
+            assert_eq!(Frame::decode(text).unwrap().ty, wire::LOGOUT);
+            assert_eq!((*a, *b), (link, link));
         }
         other => panic!("{other:?}"),
     }
     // The three unconfirmed messages are reported lost, in order, before LoggedOut.
     match &t.events()[..] {
         [
-            ClientEvent::MessagesLost(lost),
-            ClientEvent::LoggedOut {
-                code: ResultCode::Ok,
-            },
+            ClientEvent::MessagesLost(MessagesLost { frames: lost, .. }),
+            ClientEvent::LoggedOut(logged_out),
         ] => {
             let lost: Vec<String> = lost.iter().map(|f| f.fp.clone().unwrap()).collect();
             assert_eq!(lost, fps);
+            assert_eq!(
+                *logged_out,
+                LoggedOut {
+                    client: ME,
+                    code: ResultCode::Ok
+                }
+            );
         }
         other => panic!("{other:?}"),
     }
-    t.c.core().tick(s(60));
+    t.c.tick(s(60));
     assert!(
         t.actions().is_empty(),
         "no resends, no re-login after logout"
@@ -714,23 +853,32 @@ fn logout_sends_the_logout_frame_only_when_logged_in() {
     );
 
     let mut never = Script::new(Dialect::Seed);
-    assert_eq!(never.c.core().logout(), ResultCode::NoLogin);
+    assert_eq!(never.c.logout(s(0)), ResultCode::NoLogin);
     assert!(never.actions().is_empty());
+    assert_eq!(
+        never.events(),
+        [ClientEvent::LoggedOut(LoggedOut {
+            client: ME,
+            code: ResultCode::NoLogin
+        })]
+    );
 }
 
 #[test]
 fn release_clears_everything_and_send_then_reports_203() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    t.c.core().send(Outgoing::new("bob", "x"), s(0)).unwrap();
-    t.c.core().release();
-    assert_eq!(t.c.qos_send.len(), 0);
-    assert!(t.c.session.user_id().is_none());
+    t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap();
+    t.c.release(s(0));
+    assert_eq!(t.c.pending_count(), 0);
+    assert!(t.c.user_id().is_none());
+    let refused = t.c.send(Outgoing::new("bob", "x"), s(1));
+    assert_eq!(refused, Err(SendError::Released));
     assert_eq!(
-        t.c.core().send(Outgoing::new("bob", "x"), s(1)),
-        Err(ResultCode::ClientSdkNotInitialized)
+        refused.unwrap_err().code(),
+        ResultCode::ClientSdkNotInitialized
     );
     t.actions();
-    t.c.core().tick(s(60));
+    t.c.tick(s(60));
     assert!(t.actions().is_empty());
 }
 
@@ -738,80 +886,244 @@ fn release_clears_everything_and_send_then_reports_203() {
 fn local_errors_write_nothing() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
     t.actions();
-    assert_eq!(
-        t.c.core().send(Outgoing::new("", "x"), s(0)),
-        Err(ResultCode::InvalidProtocol)
-    );
-    assert_eq!(
-        t.c.core()
-            .send(Outgoing::new("bob", "x".repeat(70_000)), s(0)),
-        Err(ResultCode::InvalidProtocol)
-    );
-    assert_eq!(
-        t.c.core().login(LoginRequest::new("", "t"), s(0)),
-        Err(ResultCode::InvalidProtocol)
-    );
+    let empty = t.c.send(Outgoing::new("", "x"), s(0)).unwrap_err();
+    assert_eq!(empty, SendError::EmptyReceiver);
+    assert_eq!(empty.code(), ResultCode::InvalidProtocol);
+    let big =
+        t.c.send(Outgoing::new("bob", "x".repeat(70_000)), s(0))
+            .unwrap_err();
+    match big {
+        SendError::TooLarge { len, limit } => {
+            assert_eq!(limit, MAX_FRAME_BYTES);
+            assert!(len > 70_000, "{len}");
+        }
+        ref other => panic!("{other:?}"),
+    }
+    assert_eq!(big.code(), ResultCode::InvalidProtocol);
+    let no_user = t.c.login(LoginRequest::new("", "t"), s(0)).unwrap_err();
+    assert_eq!(no_user, LoginError::EmptyUserId);
+    assert_eq!(no_user.code(), ResultCode::InvalidProtocol);
     assert!(t.actions().is_empty());
-    assert_eq!(t.c.qos_send.len(), 0);
+    assert_eq!(t.c.pending_count(), 0);
+    assert!(
+        t.c.is_logged_in(),
+        "a refused login leaves the session alone"
+    );
 }
 
 #[test]
 fn pending_messages_are_resent_after_relogin() {
     let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "x"), s(0))
-            .unwrap()
-            .unwrap();
+    let seen = Frame::data("bob", "alice", "hey", true, Some("in-1".into()), 0);
+    t.server(seen.clone(), ms(500));
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
     t.sent();
-    t.c.core().on_link_closed(None, "reset", s(1));
-    t.c.core().tick(s(1));
-    t.c.core().on_link_opened(s(1));
+    t.closed(None, "reset", s(1));
+    t.c.tick(s(1));
+    t.opened(s(1));
     t.sent();
     t.server(login_ok("alice", 5), ms(1_200));
     let resent = t.sent();
     assert_eq!(resent.len(), 1);
     assert_eq!(resent[0].fp.as_deref(), Some(&*fp));
+    // The received fingerprints survive the automatic re-login.
+    t.events();
+    t.server(seen, ms(1_300));
+    assert_eq!(t.acts(), [Act::Send(wire::RECEIVED)], "ACKed again");
+    assert!(t.events().is_empty(), "not delivered a second time");
 }
 
 #[test]
 fn garbage_and_unknown_types_are_reported_not_fatal() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    t.c.core().on_text("garbage{", s(1));
-    t.c.core().on_text("[1,2]", s(1));
+    t.text("garbage{", s(1));
+    t.text("[1,2]", s(1));
     t.server(Frame::new(99, "0", "alice"), s(1));
     let ev = t.events();
     assert_eq!(ev.len(), 3);
     assert!(ev.iter().all(|e| matches!(e, ClientEvent::BadFrame(_))));
-    assert!(t.c.session.is_logged_in());
+    assert!(t.c.is_logged_in());
+}
+
+/// Logs in at 0 s, loses the link at 20 s, and has the first re-login refused (1025)
+/// at 20 s. Re-login is stopped.
+fn refused_relogin() -> Script {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    t.closed(None, "reset", s(20));
+    t.c.tick(s(20));
+    t.opened(s(20));
+    t.actions();
+    t.events();
+    let link = t.link();
+    t.server(login_refused("alice", 1025), s(20));
+    assert_eq!(
+        t.events(),
+        [
+            login_failed(ResultCode::Other(1025), true),
+            relogin_stopped(ReloginStop::Refused(ResultCode::Other(1025))),
+        ]
+    );
+    assert_eq!(t.actions(), [Action::Close { link }]);
+    t
 }
 
 #[test]
-fn a_refused_relogin_is_retried_with_backoff() {
-    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    t.c.core().on_link_closed(None, "reset", s(20));
-    t.c.core().tick(s(20));
-    t.c.core().on_link_opened(s(20));
-    t.actions();
-    t.server(
-        Frame::login_response(
-            "alice",
-            &LoginResponse {
-                code: 1025,
-                first_login_time: -1,
-            },
-        ),
-        s(20),
+fn a_refused_relogin_stops_relogin() {
+    let mut t = refused_relogin();
+    assert_eq!(t.c.state(), ImConnection::Offline);
+    assert_eq!(
+        t.c.relogin_stopped(),
+        Some(ReloginStop::Refused(ResultCode::Other(1025)))
     );
-    assert!(t.events().contains(&ClientEvent::LoginFailed {
-        code: ResultCode::Other(1025),
-        relogin: true
-    }));
-    assert_eq!(t.actions(), [Action::Close]);
-    let due = t.c.relogin.due().expect("another attempt is scheduled");
-    assert!(due > s(20), "not at once: {due:?}");
-    t.c.core().tick(due);
-    assert_eq!(t.actions(), [Action::Connect]);
+    assert_eq!(t.c.link(), None);
+    assert_eq!(t.c.poll_timeout(), None, "no attempt is scheduled");
+    for at in [21, 23, 30, 60, 600] {
+        t.c.tick(s(at));
+    }
+    assert!(t.actions().is_empty(), "the same token is not tried again");
+    assert!(t.events().is_empty());
+    assert_eq!(
+        t.c.send(Outgoing::new("bob", "x"), s(600)),
+        Err(SendError::NotLoggedIn),
+        "nothing waits for a re-login that stopped"
+    );
+}
+
+#[test]
+fn a_fresh_token_restarts_a_relogin_refused_by_the_server() {
+    let mut t = refused_relogin();
+    t.c.set_token("fresh", s(30));
+    assert_eq!(t.c.state(), ImConnection::Relogging);
+    assert_eq!(t.c.relogin_stopped(), None);
+    assert_eq!(t.c.poll_timeout(), Some(s(30)), "at once");
+    t.c.tick(s(30));
+    assert_eq!(t.acts(), [Act::Connect]);
+    assert_eq!(t.events(), [relogin_started(1)]);
+    t.opened(s(30));
+    let body = login_body(&t.sent()[0]);
+    assert_eq!(body.login_token, "fresh");
+    assert_eq!(body.first_login_time, 5);
+    t.server(login_ok("alice", 5), s(30));
+    assert_eq!(t.events(), [login_succeeded(true, 5)]);
+    assert!(t.c.is_logged_in());
+}
+
+/// A client logged in at 0 s with re-login every 3 s (exact times), whose link is
+/// lost at 20 s.
+fn lost_at_20(limits: ReloginLimits) -> Script {
+    let mut t = Script::logged_in_with(
+        ClientConfig {
+            relogin: ReloginPolicy::UPSTREAM,
+            relogin_limits: limits,
+            ..ClientConfig::default()
+        },
+        s(0),
+        5,
+    );
+    t.closed(None, "reset", s(20));
+    t.events();
+    t
+}
+
+#[test]
+fn relogin_stops_after_max_attempts() {
+    let mut t = lost_at_20(ReloginLimits {
+        max_attempts: Some(3),
+        max_duration: None,
+    });
+    for (n, at) in [(1, 20), (2, 23), (3, 26)] {
+        if n > 1 {
+            t.c.tick(s(at) - ms(1));
+            assert!(t.actions().is_empty(), "nothing before {at} s");
+        }
+        t.c.tick(s(at));
+        assert_eq!(t.acts(), [Act::Connect], "attempt {n} at {at} s");
+        assert_eq!(t.events(), [relogin_started(n)]);
+        t.closed(None, "refused", s(at));
+        t.c.tick(s(at));
+        let ev = t.events();
+        assert_eq!(ev[0], login_failed(ResultCode::BadConnectToServer, true));
+        if n < 3 {
+            assert_eq!(ev.len(), 1, "{ev:?}");
+            assert_eq!(t.c.state(), ImConnection::Relogging);
+        } else {
+            // The third failure ends it at once: no fourth attempt is scheduled.
+            assert_eq!(ev[1..], [relogin_stopped(ReloginStop::AttemptsExhausted)]);
+        }
+    }
+    assert_eq!(t.c.state(), ImConnection::Offline);
+    assert_eq!(t.c.relogin_stopped(), Some(ReloginStop::AttemptsExhausted));
+    assert_eq!(t.c.poll_timeout(), None);
+    for at in [29, 32, 60, 600] {
+        t.c.tick(s(at));
+    }
+    assert!(t.actions().is_empty());
+    assert!(t.events().is_empty());
+    assert_eq!(t.c.stats().relogins, 3);
+}
+
+#[test]
+fn relogin_stops_when_max_duration_has_passed_since_the_loss() {
+    let mut t = lost_at_20(ReloginLimits {
+        max_attempts: None,
+        max_duration: Some(s(10)),
+    });
+    for (n, at) in [(1, 20), (2, 23), (3, 26), (4, 29)] {
+        t.c.tick(s(at));
+        assert_eq!(t.acts(), [Act::Connect], "attempt {n} at {at} s");
+        t.closed(None, "refused", s(at));
+        t.c.tick(s(at));
+        t.events();
+    }
+    t.c.tick(ms(29_999));
+    assert!(t.events().is_empty());
+    assert_eq!(t.c.state(), ImConnection::Relogging);
+    t.c.tick(s(30));
+    assert_eq!(t.events(), [relogin_stopped(ReloginStop::TimeExhausted)]);
+    assert!(t.actions().is_empty());
+    assert_eq!(t.c.state(), ImConnection::Offline);
+    assert_eq!(t.c.relogin_stopped(), Some(ReloginStop::TimeExhausted));
+    assert_eq!(t.c.poll_timeout(), None);
+    t.c.tick(s(32));
+    assert!(t.actions().is_empty(), "no attempt at the old due time");
+}
+
+/// `poll_timeout` names the re-login time limit, so a driver that sleeps until it
+/// stops re-login at the limit (30 s), not at the next attempt's due time (32 s).
+#[test]
+fn poll_timeout_names_the_relogin_time_limit() {
+    let mut t = lost_at_20(ReloginLimits {
+        max_attempts: None,
+        max_duration: Some(s(10)),
+    });
+    for at in [20, 23, 26, 29] {
+        t.c.tick(s(at));
+        t.closed(None, "refused", s(at));
+        t.c.tick(s(at));
+    }
+    assert_eq!(t.c.poll_timeout(), Some(s(30)));
+}
+
+/// The attempt limit counts attempts since the link was lost: a session that drops
+/// again (even within the keepalive timeout, where the backoff goes on) gets its own.
+#[test]
+fn a_successful_relogin_gives_the_next_loss_its_own_attempts() {
+    let mut t = lost_at_20(ReloginLimits {
+        max_attempts: Some(1),
+        max_duration: None,
+    });
+    t.c.tick(s(20));
+    t.opened(s(20));
+    t.server(login_ok("alice", 5), s(20));
+    assert!(t.c.is_logged_in());
+    t.closed(None, "reset", s(21));
+    t.events();
+    t.acts();
+    t.c.tick(s(21));
+    assert_eq!(t.c.relogin_stopped(), None, "{:?}", t.events());
+    let due = t.c.poll_timeout().expect("an attempt is scheduled");
+    t.c.tick(due);
+    assert_eq!(t.acts(), [Act::Connect]);
 }
 
 #[test]
@@ -820,55 +1132,90 @@ fn a_link_that_drops_right_after_relogin_is_not_hammered() {
         relogin: ReloginPolicy::UPSTREAM,
         ..ClientConfig::default()
     });
-    t.c.core()
-        .login(LoginRequest::new("alice", "t"), s(0))
-        .unwrap();
-    t.c.core().on_link_opened(s(0));
+    t.c.login(LoginRequest::new("alice", "t"), s(0)).unwrap();
+    t.opened(s(0));
     t.server(login_ok("alice", 1), s(0));
     // A long session ends: the first attempt is at once.
-    t.c.core().on_link_closed(None, "reset", s(60));
+    t.closed(None, "reset", s(60));
     t.actions();
-    t.c.core().tick(s(60));
-    assert_eq!(t.actions(), [Action::Connect]);
-    t.c.core().on_link_opened(s(60));
+    t.c.tick(s(60));
+    assert_eq!(t.acts(), [Act::Connect]);
+    t.opened(s(60));
     t.server(login_ok("alice", 1), s(60));
     // The new session dies a second later: the next attempt waits 3 s.
-    t.c.core().on_link_closed(None, "reset", s(61));
+    t.closed(None, "reset", s(61));
     t.actions();
-    t.c.core().tick(s(61));
+    t.c.tick(s(61));
     assert!(t.actions().is_empty());
-    t.c.core().tick(s(64));
-    assert_eq!(t.actions(), [Action::Connect]);
+    t.c.tick(ms(63_999));
+    assert!(t.actions().is_empty());
+    t.c.tick(s(64));
+    assert_eq!(t.acts(), [Act::Connect]);
+}
+
+#[test]
+fn a_link_that_keeps_dropping_after_relogin_backs_off_further_by_default() {
+    // The default policy (backoff from 3 s, jitter of seed 1).
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 1);
+    t.closed(None, "reset", s(60));
+    t.c.tick(s(60));
+    assert_eq!(t.acts(), [Act::Connect], "a long session: at once");
+    let mut at = s(60);
+    // Each short-lived session waits inside the next, growing, bounds.
+    for (n, (lo, hi)) in [(ms(1_500), s(3)), (s(3), s(6)), (s(6), s(12))]
+        .into_iter()
+        .enumerate()
+    {
+        t.opened(at);
+        t.server(login_ok("alice", 1), at);
+        let dropped = at + s(1);
+        t.closed(None, "reset", dropped);
+        t.c.tick(dropped);
+        t.actions();
+        let due = t.c.poll_timeout().expect("an attempt is scheduled");
+        assert_eq!(Some(due), t.c.relogin().due());
+        assert!(
+            due >= dropped + lo && due <= dropped + hi,
+            "session {n}: {:?} after the drop",
+            due - dropped
+        );
+        t.c.tick(due - ms(1));
+        assert!(t.actions().is_empty(), "nothing at due - 1 ms");
+        t.c.tick(due);
+        assert_eq!(t.acts(), [Act::Connect]);
+        at = due;
+    }
 }
 
 #[test]
 fn a_message_is_lost_on_time_even_if_the_link_keeps_coming_back() {
     let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "x"), s(0))
-            .unwrap()
-            .unwrap();
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
     let mut writes = 0;
     let mut lost_at = None;
     for second in 0..=12u64 {
         if second > 0 {
-            // Every second the link drops and the re-login succeeds at once.
-            t.c.core().on_link_closed(None, "reset", s(second));
-            t.c.core().tick(s(second));
-            t.c.core().on_link_opened(s(second));
-            t.server(login_ok("alice", 5), s(second));
-            t.c.core().tick(s(second));
+            // Every second the link drops and the re-login succeeds as soon as it
+            // is attempted.
+            if t.c.link().is_some() {
+                t.closed(None, "reset", s(second));
+            }
+            t.c.tick(s(second));
+            if t.c.link().is_some() {
+                t.opened(s(second));
+                t.server(login_ok("alice", 5), s(second));
+            }
+            t.c.tick(s(second));
         }
         writes += t
             .sent()
             .iter()
             .filter(|f| f.fp.as_deref() == Some(&*fp))
             .count();
-        if t.events()
-            .iter()
-            .any(|e| matches!(e, ClientEvent::MessagesLost(f) if f[0].fp.as_deref() == Some(&*fp)))
-        {
+        if t.events().iter().any(|e| {
+            matches!(e, ClientEvent::MessagesLost(MessagesLost { frames, .. })
+                if frames[0].fp.as_deref() == Some(&*fp))
+        }) {
             lost_at = Some(second);
             break;
         }
@@ -886,23 +1233,19 @@ fn a_relogin_flush_counts_as_a_resend() {
     // The field report: a message never ACKed went out four times (original,
     // re-login flush, two timed resends). Now: at most 1 + 2 writes.
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "x"), s(0))
-            .unwrap()
-            .unwrap();
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
     let mut writes = t.sent().len();
-    t.c.core().on_link_closed(None, "reset", ms(500));
-    t.c.core().tick(ms(500));
-    assert_eq!(t.actions(), [Action::Connect]);
-    t.c.core().on_link_opened(ms(600));
+    t.closed(None, "reset", ms(500));
+    t.c.tick(ms(500));
+    assert_eq!(t.acts(), [Act::Connect]);
+    t.opened(ms(600));
     t.server(login_ok("alice", 5), ms(600));
     let flushed = t.sent();
     assert_eq!(flushed.len(), 2, "login frame and the pending message");
     writes += 1;
     // The flush was resend 1: resend 2 comes 3 s later, the loss 3 s after that.
     for at in [ms(3_599), ms(3_600), ms(6_599), ms(6_600)] {
-        t.c.core().tick(at);
+        t.c.tick(at);
         writes += t
             .sent()
             .iter()
@@ -910,31 +1253,32 @@ fn a_relogin_flush_counts_as_a_resend() {
             .count();
     }
     assert_eq!(writes, 3);
-    assert_eq!(t.c.out.stats.resends, 2);
-    assert!(matches!(&t.events()[..], [.., ClientEvent::MessagesLost(f)] if f.len() == 1));
+    assert_eq!(t.c.stats().resends, 2);
+    assert!(matches!(
+        &t.events()[..],
+        [.., ClientEvent::MessagesLost(MessagesLost { frames, .. })] if frames.len() == 1
+    ));
 }
 
 #[test]
 fn qos_messages_sent_while_relogging_are_queued_and_written_in_order() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    t.c.core().on_link_closed(None, "reset", s(1));
+    t.closed(None, "reset", s(1));
     t.events();
     let fps: Vec<String> = (0..100)
         .map(|i| {
-            t.c.core()
-                .send(Outgoing::new("bob", format!("m{i}")), s(1))
+            t.c.send(Outgoing::new("bob", format!("m{i}")), s(1))
                 .expect("queued, not refused")
                 .unwrap()
         })
         .collect();
     // Without QoS nothing can be kept for later: refused as before.
-    assert_eq!(
-        t.c.core().send(Outgoing::new("bob", "x").qos(false), s(1)),
-        Err(ResultCode::NoLogin)
-    );
-    t.c.core().tick(s(1));
-    assert_eq!(t.actions(), [Action::Connect], "nothing written while down");
-    t.c.core().on_link_opened(s(2));
+    let refused = t.c.send(Outgoing::new("bob", "x").qos(false), s(1));
+    assert_eq!(refused, Err(SendError::NotLoggedIn));
+    assert_eq!(refused.unwrap_err().code(), ResultCode::NoLogin);
+    t.c.tick(s(1));
+    assert_eq!(t.acts(), [Act::Connect], "nothing written while down");
+    t.opened(s(2));
     t.sent();
     t.server(login_ok("alice", 5), s(2));
     let written: Vec<String> = t.sent().into_iter().filter_map(|f| f.fp).collect();
@@ -945,10 +1289,10 @@ fn qos_messages_sent_while_relogging_are_queued_and_written_in_order() {
     let delivered = t
         .events()
         .into_iter()
-        .filter(|e| matches!(e, ClientEvent::MessageDelivered { .. }))
+        .filter(|e| matches!(e, ClientEvent::MessageDelivered(_)))
         .count();
     assert_eq!(delivered, 100);
-    assert_eq!(t.c.out.stats.resends, 0, "first writes, not resends");
+    assert_eq!(t.c.stats().resends, 0, "first writes, not resends");
 }
 
 #[test]
@@ -958,85 +1302,229 @@ fn the_queue_while_relogging_is_bounded_and_loses_on_time() {
         jitter_seed: Some(1),
         ..ClientConfig::default()
     });
-    t.c.core()
-        .login(LoginRequest::new("alice", "secret"), s(0))
+    t.c.login(LoginRequest::new("alice", "secret"), s(0))
         .unwrap();
-    t.c.core().on_link_opened(s(0));
+    t.opened(s(0));
     t.server(login_ok("alice", 5), s(0));
-    t.c.core().on_link_closed(None, "reset", s(0));
+    t.closed(None, "reset", s(0));
     t.events();
     for _ in 0..2 {
-        t.c.core().send(Outgoing::new("bob", "x"), s(0)).unwrap();
+        t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap();
     }
-    assert_eq!(
-        t.c.core().send(Outgoing::new("bob", "x"), s(0)),
-        Err(ResultCode::NoLogin),
-        "a full queue refuses"
-    );
+    let full = t.c.send(Outgoing::new("bob", "x"), s(0));
+    assert_eq!(full, Err(SendError::QueueFull(2)), "a full queue refuses");
+    assert_eq!(full.unwrap_err().code(), ResultCode::NoLogin);
     // The link never returns: both are lost 9 s after they were sent.
-    t.c.core().tick(ms(8_999));
-    assert!(!t.events().iter().any(|e| matches!(e, ClientEvent::MessagesLost(_))));
-    t.c.core().tick(s(9));
-    assert!(matches!(&t.events()[..], [.., ClientEvent::MessagesLost(f)] if f.len() == 2));
+    t.c.tick(ms(8_999));
+    assert!(
+        !t.events()
+            .iter()
+            .any(|e| matches!(e, ClientEvent::MessagesLost(_)))
+    );
+    t.c.tick(s(9));
+    assert!(matches!(
+        &t.events()[..],
+        [.., ClientEvent::MessagesLost(MessagesLost { frames, .. })] if frames.len() == 2
+    ));
 }
 
 #[test]
 fn release_reports_waiting_messages_lost() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    t.c.core().send(Outgoing::new("bob", "x"), s(0)).unwrap();
-    t.c.core().release();
-    assert!(matches!(&t.events()[..], [ClientEvent::MessagesLost(f)] if f.len() == 1));
-    t.c.core().tick(s(60));
+    t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap();
+    t.c.release(s(0));
+    assert!(matches!(
+        &t.events()[..],
+        [ClientEvent::MessagesLost(MessagesLost { frames, .. })] if frames.len() == 1
+    ));
+    t.c.tick(s(60));
     assert!(t.events().is_empty(), "reported once");
 }
 
 #[test]
 fn logging_in_again_as_the_same_user_keeps_pending_messages() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "x"), s(0))
-            .unwrap()
-            .unwrap();
-    t.c.core()
-        .login(LoginRequest::new("alice", "t"), s(1))
-        .unwrap();
+    let seen = Frame::data("bob", "alice", "hey", true, Some("in-1".into()), 0);
+    t.server(seen.clone(), s(0));
+    t.events();
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
+    t.actions();
+    let old = t.link();
+    t.c.login(LoginRequest::new("alice", "t"), s(1)).unwrap();
     assert!(t.events().is_empty());
-    t.c.core().on_link_opened(s(1));
+    let new = t.link();
+    assert_eq!(
+        t.actions(),
+        [Action::Close { link: old }, Action::Connect { link: new }]
+    );
+    t.opened(s(1));
     t.sent();
     t.server(login_ok("alice", 6), s(1));
     let resent = t.sent();
     assert_eq!(resent.len(), 1);
     assert_eq!(resent[0].fp.as_deref(), Some(&*fp));
+    // The received fingerprints are kept too.
+    t.events();
+    t.server(seen, s(2));
+    assert_eq!(t.acts(), [Act::Send(wire::RECEIVED)], "ACKed again");
+    assert!(t.events().is_empty(), "not delivered a second time");
 }
 
 #[test]
 fn logging_in_as_someone_else_reports_pending_messages_lost() {
     let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
-    let fp =
-        t.c.core()
-            .send(Outgoing::new("bob", "x"), s(0))
-            .unwrap()
-            .unwrap();
-    t.c.core()
-        .login(LoginRequest::new("carol", "t"), s(1))
-        .unwrap();
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
+    t.c.login(LoginRequest::new("carol", "t"), s(1)).unwrap();
     match &t.events()[..] {
-        [ClientEvent::MessagesLost(frames)] => assert_eq!(frames[0].fp.as_deref(), Some(&*fp)),
+        [ClientEvent::MessagesLost(MessagesLost { frames, .. })] => {
+            assert_eq!(frames[0].fp.as_deref(), Some(&*fp))
+        }
         other => panic!("{other:?}"),
     }
-    assert_eq!(t.c.qos_send.len(), 0);
+    assert_eq!(t.c.pending_count(), 0);
 }
 
 #[test]
 fn a_login_over_the_frame_limit_is_refused_locally() {
     let mut t = Script::new(Dialect::Seed);
-    assert_eq!(
-        t.c.core().login(
+    let err =
+        t.c.login(
             LoginRequest::new("alice", "t").with_extra("e".repeat(70_000)),
-            s(0)
-        ),
-        Err(ResultCode::InvalidProtocol)
-    );
+            s(0),
+        )
+        .unwrap_err();
+    match err {
+        LoginError::TooLarge { len, limit } => {
+            assert_eq!(limit, MAX_FRAME_BYTES);
+            assert!(len > 70_000, "{len}");
+        }
+        ref other => panic!("{other:?}"),
+    }
+    assert_eq!(err.code(), ResultCode::InvalidProtocol);
     assert!(t.actions().is_empty());
+    assert_eq!(t.c.state(), ImConnection::Offline);
+}
+
+#[test]
+fn poll_timeout_names_the_next_deadline() {
+    let mut t = Script::new(Dialect::Seed);
+    assert_eq!(t.c.poll_timeout(), None, "nothing before a login");
+    // The login timeout, 10 s after the login.
+    t.c.login(LoginRequest::new("alice", "t"), s(2)).unwrap();
+    assert_eq!(t.c.poll_timeout(), Some(s(12)));
+    t.opened(s(4));
+    assert_eq!(t.c.poll_timeout(), Some(s(12)));
+    // Logged in at 5 s: the first keepalive, one interval later.
+    t.server(login_ok("alice", 5), s(5));
+    assert_eq!(t.c.poll_timeout(), Some(s(10)));
+    // A QoS message sent at 5.5 s: its resend 3 s later comes first.
+    t.c.send(Outgoing::new("bob", "x"), ms(5_500)).unwrap();
+    assert_eq!(t.c.poll_timeout(), Some(ms(8_500)));
+    t.actions();
+    t.c.tick(ms(8_500));
+    assert_eq!(t.data_sent().len(), 1, "the resend");
+    // The keepalive at 10 s, then the second resend at 11.5 s.
+    assert_eq!(t.c.poll_timeout(), Some(s(10)));
+    t.c.tick(s(10));
+    assert_eq!(t.acts(), [Act::Send(wire::KEEP_ALIVE)]);
+    assert_eq!(t.c.poll_timeout(), Some(ms(11_500)));
+    t.c.logout(s(11));
+    assert_eq!(t.c.poll_timeout(), None, "nothing after a logout");
+
+    // A re-login due time (every 3 s, exact).
+    let mut t = lost_at_20(ReloginLimits::default());
+    assert_eq!(t.c.poll_timeout(), Some(s(20)), "the first attempt at once");
+    t.c.tick(s(20));
+    assert_eq!(t.acts(), [Act::Connect]);
+    assert_eq!(t.c.poll_timeout(), Some(s(30)), "its login timeout");
+    t.closed(None, "refused", s(21));
+    assert_eq!(t.c.poll_timeout(), Some(s(24)), "3 s after the failure");
+}
+
+#[test]
+fn a_lost_message_driven_only_by_poll_timeout() {
+    let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
+    assert_eq!(t.data_sent().len(), 1);
+    let mut woke = Vec::new();
+    let mut resent = Vec::new();
+    let mut lost = None;
+    while lost.is_none() {
+        let at = t.c.poll_timeout().expect("something is due");
+        assert!(woke.last().is_none_or(|&last| at > last), "time goes on");
+        assert!(woke.len() < 10, "woke at {woke:?}");
+        woke.push(at);
+        t.c.tick(at);
+        for f in t.data_sent() {
+            assert_eq!(f.fp.as_deref(), Some(&*fp));
+            resent.push(at);
+        }
+        for e in t.events() {
+            if let ClientEvent::MessagesLost(MessagesLost { frames, .. }) = e {
+                assert_eq!(frames.len(), 1);
+                assert_eq!(frames[0].fp.as_deref(), Some(&*fp));
+                lost = Some(at);
+            }
+        }
+    }
+    assert_eq!(resent, [s(3), s(6)]);
+    assert_eq!(lost, Some(s(9)));
+    // The keepalive at 5 s is the only other wake-up.
+    assert_eq!(woke, [s(3), s(5), s(6), s(9)]);
+}
+
+#[test]
+fn events_from_a_stale_link_are_ignored() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    let old = t.link();
+    t.closed(None, "reset", s(20));
+    t.c.tick(s(20));
+    let new = t.link();
+    assert_ne!(new, old);
+    assert_eq!(t.actions(), [Action::Connect { link: new }]);
+    t.events();
+    let frames_in = t.c.stats().frames_in;
+    let data = Frame::data("bob", "alice", "late", true, Some("stale-1".into()), 0);
+
+    // While the new link is connecting, the old one says things.
+    t.c.on_link_opened(old, s(20));
+    t.c.on_text(old, &login_ok("alice", 5).to_json(), s(20));
+    t.c.on_text(old, &data.to_json(), s(20));
+    t.c.on_link_error(old, TransportError::Refused("late".into()));
+    t.c.on_link_closed(old, Some(1006), "late", s(20));
+    assert!(t.actions().is_empty(), "no login, no ACK, no close");
+    assert!(t.events().is_empty());
+    assert_eq!(t.c.stats().frames_in, frames_in);
+    assert_eq!(t.c.link(), Some(new));
+    assert_eq!(t.c.state(), ImConnection::Relogging);
+
+    // The new link goes on as if nothing happened.
+    t.opened(s(21));
+    assert_eq!(t.acts(), [Act::Send(wire::LOGIN)]);
+    t.server(login_ok("alice", 5), s(21));
+    assert_eq!(t.events(), [login_succeeded(true, 5)]);
+
+    // Once logged in on the new link, the old one still cannot end the session.
+    t.c.on_text(
+        old,
+        &Frame::kickout(
+            Dialect::Seed,
+            "alice",
+            &KickoutInfo {
+                code: 1,
+                reason: None,
+            },
+        )
+        .to_json(),
+        s(22),
+    );
+    t.c.on_text(old, &data.to_json(), s(22));
+    t.c.on_link_closed(old, None, "late", s(22));
+    assert!(t.actions().is_empty());
+    assert!(t.events().is_empty());
+    assert!(t.c.is_logged_in());
+    assert_eq!(t.c.link(), Some(new));
+    // The data the old link carried was never seen: on the current link it is new.
+    t.server(data, s(23));
+    assert!(matches!(&t.events()[..], [ClientEvent::DataReceived(_)]));
 }

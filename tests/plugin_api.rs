@@ -45,12 +45,10 @@ fn the_connection_is_a_bevy_state_that_follows_the_session() {
     // A marker that lives only while logged in.
     #[derive(Component)]
     struct OnlineBadge;
-    t.app.add_systems(
-        OnEnter(ImConnection::LoggedIn),
-        |mut commands: Commands| {
+    t.app
+        .add_systems(OnEnter(ImConnection::LoggedIn), |mut commands: Commands| {
             commands.spawn((OnlineBadge, DespawnOnExit(ImConnection::LoggedIn)));
-        },
-    );
+        });
     let badges = |t: &mut ImTestApp| {
         t.app
             .world_mut()
@@ -138,7 +136,11 @@ fn every_message_can_also_be_observed() {
     let observed = &t.app.world().resource::<Observed>().0;
     assert_eq!(
         observed,
-        &["login alice".to_owned(), "data hello".into(), format!("delivered {fp}")]
+        &[
+            "login alice".to_owned(),
+            "data hello".into(),
+            format!("delivered {fp}")
+        ]
     );
     // The same events also arrived as messages, each naming the client.
     let client = t.client();
@@ -191,10 +193,7 @@ fn typed_payloads_travel_as_json_with_their_typeu() {
     assert_eq!(got.len(), 3);
     assert_eq!(got[0].parse::<Move>(), Some(Ok(Move { x: 1.5, y: -2.0 })));
     assert_eq!(got[0].parse::<Chat>(), None, "another type's typeu");
-    assert_eq!(
-        got[1].parse_json::<Chat>(),
-        Ok(Chat { text: "gg".into() })
-    );
+    assert_eq!(got[1].parse_json::<Chat>(), Ok(Chat { text: "gg".into() }));
     assert!(matches!(
         got[2].parse::<Move>(),
         Some(Err(PayloadError::Json(_)))
@@ -271,7 +270,11 @@ fn a_hundred_messages_sent_while_relogging_are_lost_once_if_the_link_never_retur
     t.step();
     let fps: Vec<String> = t.run(|mut im: ImClient| {
         (0..100)
-            .map(|i| im.send(Outgoing::new("bob", format!("m{i}"))).unwrap().unwrap())
+            .map(|i| {
+                im.send(Outgoing::new("bob", format!("m{i}")))
+                    .unwrap()
+                    .unwrap()
+            })
             .collect::<Vec<_>>()
     });
     let mut lost = Vec::new();
@@ -287,7 +290,10 @@ fn a_hundred_messages_sent_while_relogging_are_lost_once_if_the_link_never_retur
     assert_eq!(lost, fps, "each reported lost exactly once, in order");
     assert!(t.heard::<MessageDelivered>().is_empty());
     t.steps(200);
-    assert!(t.heard::<MessagesLost>().is_empty(), "never a second outcome");
+    assert!(
+        t.heard::<MessagesLost>().is_empty(),
+        "never a second outcome"
+    );
 }
 
 #[test]
@@ -320,7 +326,11 @@ fn a_refused_relogin_stops_until_the_game_gives_a_fresh_token() {
         t.advance_to_next_deadline();
     }
     t.steps(400);
-    assert_eq!(t.peer().connects().len(), connects, "no retry with the same token");
+    assert_eq!(
+        t.peer().connects().len(),
+        connects,
+        "no retry with the same token"
+    );
 
     // A fresh token: re-login starts again at once and succeeds.
     t.run(|mut im: ImClient| im.set_token("fresh"));

@@ -131,10 +131,13 @@ fn a_qos_message_is_delivered_when_the_server_acks_it() {
     assert_eq!(sent[0].typeu, 9);
     h.push(Frame::server_ack(h.dialect(), "bob", "alice", &fp));
     h.step();
-    assert_eq!(h.heard::<MessageDelivered>(), [MessageDelivered {
+    assert_eq!(
+        h.heard::<MessageDelivered>(),
+        [MessageDelivered {
             client: h.client(),
             fp
-        }]);
+        }]
+    );
     assert_eq!(h.run(|im: ImClient| im.pending_count()), 0);
 }
 
@@ -263,8 +266,13 @@ fn a_dead_link_is_reported_then_relogin_succeeds_with_the_saved_time() {
     assert!((13.3..=13.5).contains(&closed_at), "{closed_at}");
     // The first attempt starts in the same tick as the loss, so the new link's
     // login is already waiting behind the stall.
-    assert_eq!(h.heard::<ReloginStarted>(), [ReloginStarted {
-            client: h.client(), attempt: 1 }]);
+    assert_eq!(
+        h.heard::<ReloginStarted>(),
+        [ReloginStarted {
+            client: h.client(),
+            attempt: 1
+        }]
+    );
     assert_eq!(h.peer().connects().len(), 2);
     h.peer().stall(false);
     let login = h.wire().into_iter().find(|f| f.ty == wire::LOGIN).unwrap();

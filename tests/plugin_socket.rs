@@ -33,11 +33,7 @@ fn listen(
     mut delivered: MessageReader<MessageDelivered>,
     mut lost: MessageReader<MessagesLost>,
     mut closed: MessageReader<LinkClosed>,
-    mut throttled: MessageReader<SendThrottled>,
-    mut server_errors: MessageReader<ServerError>,
 ) {
-    heard.throttled.extend(throttled.read().cloned());
-    heard.server_errors += server_errors.read().count();
     heard.logins.extend(ok.read().cloned());
     heard.data.extend(data.read().cloned());
     heard
@@ -49,6 +45,15 @@ fn listen(
             .extend(m.frames.iter().filter_map(|f| f.fp.clone()));
     }
     heard.closed += closed.read().count();
+}
+
+fn listen_for_refusals(
+    mut heard: ResMut<Heard>,
+    mut throttled: MessageReader<SendThrottled>,
+    mut server_errors: MessageReader<ServerError>,
+) {
+    heard.throttled.extend(throttled.read().cloned());
+    heard.server_errors += server_errors.read().count();
 }
 
 fn server_at(addr: SocketAddr, dialect: Dialect) -> RunningServer {
@@ -86,7 +91,7 @@ fn client(url: &str, dialect: Dialect, user: &str) -> App {
         )))
         .add_plugins(ImClientPlugin::new(config))
         .init_resource::<Heard>()
-        .add_systems(Update, listen);
+        .add_systems(Update, (listen, listen_for_refusals));
     app.update();
     let user = user.to_owned();
     app.world_mut()
@@ -305,7 +310,7 @@ fn the_development_certificate_carries_a_chat_over_wss() {
             ImConfig::new(url).trust_certificate(der),
         ))
         .init_resource::<Heard>()
-        .add_systems(Update, listen);
+        .add_systems(Update, (listen, listen_for_refusals));
     app.update();
     app.world_mut()
         .run_system_once(|mut im: ImClient| im.login(LoginRequest::new("alice", "t")).unwrap())
@@ -314,5 +319,110 @@ fn the_development_certificate_carries_a_chat_over_wss() {
     let fp = send(&mut app, "alice", "over tls");
     pump(&mut [&mut app], |a| heard(a[0]).delivered.contains(&fp));
     assert_eq!(heard(&app).data[0].content, "over tls");
+    server.shutdown();
+}
+
+#[test]
+fn three_clients_in_one_app_chat_through_the_server() {
+    let server = server_at("127.0.0.1:0".parse().unwrap(), Dialect::MobileImSdkV6);
+    let config = ImConfig::new(server.url()).dialect(Dialect::MobileImSdkV6);
+    let mut app = App::new();
+    app.add_plugins(MinimalPlugins)
+        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
+            50,
+        )))
+        .add_plugins(ImClientPlugin::new(config.clone()));
+    app.update();
+    let primary = app
+        .world_mut()
+        .run_system_once(|im: ImClient| im.core().entity())
+        .unwrap();
+    let bots: Vec<Entity> = (0..2)
+        .map(|_| ImClientBundle::new(config.clone()).spawn_in(app.world_mut()))
+        .collect();
+    let clients = [primary, bots[0], bots[1]];
+    let users = ["ann", "ben", "cat"];
+    for (entity, user) in clients.into_iter().zip(users) {
+        app.world_mut()
+            .run_system_once(move |mut all: ImClients| {
+                all.get_mut(entity)
+                    .unwrap()
+                    .login(LoginRequest::new(user, "t"))
+                    .unwrap()
+            })
+            .unwrap();
+    }
+    let logged_in = |app: &mut App| {
+        app.world_mut()
+            .run_system_once(|all: ImClients| all.iter().filter(|c| c.is_logged_in()).count())
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while logged_in(&mut app) < 3 {
+        assert!(Instant::now() < deadline, "all three log in");
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // Everyone greets everyone else.
+    for (i, from) in clients.into_iter().enumerate() {
+        for (j, to) in users.into_iter().enumerate() {
+            if i != j {
+                app.world_mut()
+                    .run_system_once(move |mut all: ImClients| {
+                        all.get_mut(from)
+                            .unwrap()
+                            .send(Outgoing::new(to, format!("{i}->{j}")))
+                            .unwrap()
+                    })
+                    .unwrap();
+            }
+        }
+    }
+    // Collect what each client entity received, by the `client` every message names.
+    #[derive(Resource, Default)]
+    struct Inboxes(Vec<(Entity, String, String)>, usize);
+    app.init_resource::<Inboxes>().add_systems(
+        Update,
+        |mut data: MessageReader<DataReceived>,
+         mut delivered: MessageReader<MessageDelivered>,
+         mut inboxes: ResMut<Inboxes>| {
+            for d in data.read() {
+                inboxes
+                    .0
+                    .push((d.client, d.from.clone(), d.content.clone()));
+            }
+            inboxes.1 += delivered.read().count();
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let inboxes = app.world().resource::<Inboxes>();
+        if inboxes.0.len() == 6 && inboxes.1 == 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "six messages, six ACKs");
+        app.update();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let mut got = app.world().resource::<Inboxes>().0.clone();
+    got.sort_by(|a, b| a.2.cmp(&b.2));
+    let index = |e: Entity| clients.iter().position(|c| *c == e).unwrap();
+    let got: Vec<(usize, String, String)> = got
+        .into_iter()
+        .map(|(e, from, content)| (index(e), from, content))
+        .collect();
+    let expected: Vec<(usize, String, String)> = [
+        (1, "ann", "0->1"),
+        (2, "ann", "0->2"),
+        (0, "ben", "1->0"),
+        (2, "ben", "1->2"),
+        (0, "cat", "2->0"),
+        (1, "cat", "2->1"),
+    ]
+    .into_iter()
+    .map(|(i, f, c)| (i, f.to_owned(), c.to_owned()))
+    .collect();
+    assert_eq!(got, expected, "each message reached the right entity once");
+    assert_eq!(server.handle().online_users().len(), 3);
     server.shutdown();
 }

@@ -104,6 +104,9 @@ pub struct ClientCore {
     login_has_init: bool,
     /// When the link was lost, for the re-login time limit.
     lost_at: Option<Duration>,
+    /// Re-login attempts since the link was lost, for the attempt limit (the
+    /// schedule's own count goes on across short sessions, for the backoff).
+    attempts_since_loss: u32,
     link: Option<LinkId>,
     next_link: u64,
     qos_send: QosSendTable,
@@ -130,6 +133,7 @@ impl ClientCore {
             login: None,
             login_has_init: false,
             lost_at: None,
+            attempts_since_loss: 0,
             link: None,
             next_link: 0,
             out: CoreOutput::default(),
@@ -277,12 +281,19 @@ impl ClientCore {
             Phase::Relogging => self.relogin.due(),
             _ => None,
         };
+        let give_up = match (self.phase.clone(), self.config.relogin_limits.max_duration) {
+            (Phase::Relogging | Phase::Attempt { relogin: true, .. }, Some(max)) => {
+                self.lost_at.map(|lost| lost + max)
+            }
+            _ => None,
+        };
         [
             self.keepalive.next_deadline(),
             self.qos_send.next_deadline(),
             self.qos_recv.next_deadline(),
             login_timeout,
             relogin,
+            give_up,
         ]
         .into_iter()
         .flatten()
@@ -338,22 +349,30 @@ impl ClientCore {
         // (re-login step, report pending messages lost, forget received fingerprints,
         //  next phase)
         let (step, lose_pending, forget_received, next) = match &cause {
-            LinkEnd::NewLogin { other_user } => {
-                (ReloginStep::Stop, *other_user, *other_user, None)
-            }
+            LinkEnd::NewLogin { other_user } => (ReloginStep::Stop, *other_user, *other_user, None),
             LinkEnd::Released => (ReloginStep::Stop, true, true, Some(offline(true, None))),
             LinkEnd::AttemptFailed(_) if relogin_attempt => {
                 (ReloginStep::Failed, false, false, Some(Phase::Relogging))
             }
-            LinkEnd::AttemptFailed(_) => (ReloginStep::Stop, false, false, Some(offline(false, None))),
+            LinkEnd::AttemptFailed(_) => {
+                (ReloginStep::Stop, false, false, Some(offline(false, None)))
+            }
             LinkEnd::Refused(code) if relogin_attempt => {
                 let stop = ReloginStop::Refused(*code);
-                (ReloginStep::Stop, false, false, Some(offline(false, Some(stop))))
+                (
+                    ReloginStep::Stop,
+                    false,
+                    false,
+                    Some(offline(false, Some(stop))),
+                )
             }
             LinkEnd::Refused(_) => (ReloginStep::Stop, false, false, Some(offline(false, None))),
-            LinkEnd::Lost(_) if auto => {
-                (ReloginStep::StartOrResume, false, false, Some(Phase::Relogging))
-            }
+            LinkEnd::Lost(_) if auto => (
+                ReloginStep::StartOrResume,
+                false,
+                false,
+                Some(Phase::Relogging),
+            ),
             LinkEnd::NotLoggedIn if relogin_attempt => {
                 (ReloginStep::Failed, false, false, Some(Phase::Relogging))
             }
@@ -385,10 +404,12 @@ impl ClientCore {
             }
             ReloginStep::Start(delay) => {
                 self.lost_at.get_or_insert(now);
+                self.attempts_since_loss = 0;
                 self.relogin.start(now + delay);
             }
             ReloginStep::StartOrResume => {
                 self.lost_at.get_or_insert(now);
+                self.attempts_since_loss = 0;
                 // A session that died sooner than a dead link would be noticed is a
                 // link that keeps dropping: go on backing off instead of starting at once.
                 if session_lasted < self.config.sense_mode.timeout() {
@@ -445,6 +466,35 @@ impl ClientCore {
         if let Some(reason) = stopped {
             self.emit(ReloginStopped { client, reason });
         }
+        self.check_relogin_limits(now);
+    }
+
+    /// Gives re-login up when a limit is reached: at once after the failed attempt
+    /// that used the last one, or when the time limit passes.
+    fn check_relogin_limits(&mut self, now: Duration) {
+        if self.phase != Phase::Relogging {
+            return;
+        }
+        let limits = self.config.relogin_limits;
+        let reason = if limits
+            .max_attempts
+            .is_some_and(|max| self.attempts_since_loss >= max)
+        {
+            ReloginStop::AttemptsExhausted
+        } else if let (Some(max), Some(lost)) = (limits.max_duration, self.lost_at)
+            && now.saturating_sub(lost) >= max
+        {
+            ReloginStop::TimeExhausted
+        } else {
+            return;
+        };
+        self.relogin.stop();
+        self.lost_at = None;
+        self.phase = offline(false, Some(reason));
+        self.emit(ReloginStopped {
+            client: self.entity,
+            reason,
+        });
     }
 
     /// Reports every message still waiting for an ACK as lost.
@@ -526,10 +576,10 @@ impl ClientCore {
     pub fn set_token(&mut self, token: impl Into<String>, now: Duration) {
         let Some(login) = &mut self.login else { return };
         login.login_token = token.into();
-        if matches!(self.relogin_stopped(), Some(ReloginStop::Refused(_))) && self.login_has_init
-        {
+        if matches!(self.relogin_stopped(), Some(ReloginStop::Refused(_))) && self.login_has_init {
             self.phase = Phase::Relogging;
             self.lost_at = Some(now);
+            self.attempts_since_loss = 0;
             self.relogin.start(now);
         }
     }
@@ -562,7 +612,14 @@ impl ClientCore {
         if msg.to.is_empty() {
             return Err(SendError::EmptyReceiver);
         }
-        let frame = Frame::data(&self.user(), &msg.to, msg.content, msg.qos, msg.fp, msg.typeu);
+        let frame = Frame::data(
+            &self.user(),
+            &msg.to,
+            msg.content,
+            msg.qos,
+            msg.fp,
+            msg.typeu,
+        );
         let limit = self.config.max_frame_bytes;
         let text = frame
             .encode_with_limit(limit)
@@ -591,7 +648,10 @@ impl ClientCore {
         if self.link != Some(link) {
             return;
         }
-        let Phase::Attempt { open: open @ false, .. } = &mut self.phase else {
+        let Phase::Attempt {
+            open: open @ false, ..
+        } = &mut self.phase
+        else {
             return;
         };
         *open = true;
@@ -763,7 +823,9 @@ impl ClientCore {
             .ok()
             .filter(|f| f.client_kind() == ClientKind::Data)
             .and_then(|f| f.fp);
-        let retry_in = fp.as_deref().and_then(|fp| self.qos_send.throttled(fp, now));
+        let retry_in = fp
+            .as_deref()
+            .and_then(|fp| self.qos_send.throttled(fp, now));
         self.emit(SendThrottled {
             client: self.entity,
             fp,
@@ -848,33 +910,19 @@ impl ClientCore {
             });
             self.end_link(LinkEnd::AttemptFailed(ResultCode::BadConnectToServer), now);
         }
+        if let Phase::Attempt { relogin: true, .. } = self.phase
+            && let (Some(max), Some(lost)) = (self.config.relogin_limits.max_duration, self.lost_at)
+            && now.saturating_sub(lost) >= max
+        {
+            // The time limit passed during an attempt: the attempt ends, unanswered.
+            self.end_link(LinkEnd::AttemptFailed(ResultCode::BadConnectToServer), now);
+        }
+        self.check_relogin_limits(now);
         if self.phase != Phase::Relogging {
             return;
         }
-        let limits = self.config.relogin_limits;
-        let stop = if limits
-            .max_attempts
-            .is_some_and(|max| self.relogin.attempts() >= max)
-        {
-            Some(ReloginStop::AttemptsExhausted)
-        } else if let (Some(max), Some(lost)) = (limits.max_duration, self.lost_at)
-            && now.saturating_sub(lost) >= max
-        {
-            Some(ReloginStop::TimeExhausted)
-        } else {
-            None
-        };
-        if let Some(reason) = stop {
-            self.relogin.stop();
-            self.lost_at = None;
-            self.phase = offline(false, Some(reason));
-            self.emit(ReloginStopped {
-                client: self.entity,
-                reason,
-            });
-            return;
-        }
         if let Some(attempt) = self.relogin.tick(now) {
+            self.attempts_since_loss += 1;
             self.out.stats.relogins += 1;
             self.emit(ReloginStarted {
                 client: self.entity,

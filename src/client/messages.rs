@@ -62,10 +62,15 @@ pub enum CloseReason {
 impl std::fmt::Display for CloseReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::ByServer { code: Some(code), reason } if !reason.is_empty() => {
+            Self::ByServer {
+                code: Some(code),
+                reason,
+            } if !reason.is_empty() => {
                 write!(f, "closed by the server ({code}: {reason})")
             }
-            Self::ByServer { code: Some(code), .. } => write!(f, "closed by the server ({code})"),
+            Self::ByServer {
+                code: Some(code), ..
+            } => write!(f, "closed by the server ({code})"),
             Self::ByServer { code: None, .. } => write!(f, "lost (no close frame)"),
             Self::KeepaliveTimeout => write!(f, "keepalive timeout"),
             Self::NotLoggedIn => write!(f, "the server says not logged in"),

@@ -131,7 +131,8 @@ impl QosSendTable {
         let Some(fp) = frame.fp.clone() else { return };
         let deadline = now + self.config.wait_after(0);
         self.next_seq += 1;
-        self.queue.push(Reverse((deadline, self.next_seq, fp.clone())));
+        self.queue
+            .push(Reverse((deadline, self.next_seq, fp.clone())));
         self.pending.insert(
             fp,
             Pending {
@@ -264,7 +265,8 @@ impl QosSendTable {
         entry.throttled += 1;
         entry.throttled_retry = true;
         entry.deadline = now + backoff;
-        self.queue.push(Reverse((entry.deadline, entry.seq, fp.to_owned())));
+        self.queue
+            .push(Reverse((entry.deadline, entry.seq, fp.to_owned())));
         Some(backoff)
     }
 
@@ -425,7 +427,7 @@ mod tests {
         while !lost && now < 60.0 {
             now += 0.5;
             // A re-login every 1.5 s, link up in between.
-            if (now * 2.0) as u32 % 3 == 0 {
+            if ((now * 2.0) as u32).is_multiple_of(3) {
                 writes += t.login_flush(s(now)).0.len();
             }
             let tick = t.tick(s(now), true);

@@ -75,7 +75,8 @@ impl ImClientMut<'_> {
         to: impl Into<String>,
         payload: &T,
     ) -> Result<Option<String>, SendError> {
-        let content = serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
+        let content =
+            serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
         self.send(Outgoing::new(to, content))
     }
 
@@ -89,7 +90,8 @@ impl ImClientMut<'_> {
         to: impl Into<String>,
         payload: &T,
     ) -> Result<Option<String>, SendError> {
-        let content = serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
+        let content =
+            serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
         self.send(Outgoing::new(to, content).typeu(T::TYPEU))
     }
 

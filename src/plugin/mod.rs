@@ -36,9 +36,8 @@ use bevy::time::Real;
 
 pub use crate::client::{
     BadFrame, ClientEvent, CloseReason, DataReceived, ImConnection, KeepaliveReply, Kicked,
-    LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MessageDelivered,
-    MessagesLost, ReloginStarted, ReloginStop, ReloginStopped, SendResult, SendThrottled,
-    ServerError,
+    LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MessageDelivered, MessagesLost,
+    ReloginStarted, ReloginStop, ReloginStopped, SendResult, SendThrottled, ServerError,
 };
 pub use client::{ImClient, ImClientMut, ImClients};
 pub use inbox::ImInbox;
