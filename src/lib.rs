@@ -20,7 +20,7 @@ pub mod prelude {
     pub use crate::plugin::conditions::*;
     pub use crate::plugin::{
         BadFrame, CloseReason, DataReceived, ImClient, ImClientBundle, ImClientMut, ImClientPlugin,
-        ImClients, ImConfig, ImInbox, ImPrimaryClient, ImSystems, KeepaliveReply, Kicked,
+        ImClients, ImConfig, ImInbox, ImPrimaryClient, ImSystems, ImUrl, KeepaliveReply, Kicked,
         LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MessageDelivered,
         MessagesLost, ReloginStarted, ReloginStop, ReloginStopped, SendResult, SendThrottled,
         ServerError,

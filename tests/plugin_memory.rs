@@ -546,3 +546,89 @@ fn nothing_from_a_link_the_client_let_go_reaches_the_game() {
     let sent = h.wire();
     assert!(sent.iter().any(|f| f.ty == wire::LOGIN), "{sent:?}");
 }
+
+/// Field report: valid JSON whose text holds a lone UTF-16 surrogate. The message is
+/// delivered with U+FFFD in its place and ACKed, not refused as a bad frame.
+#[test]
+fn text_with_a_lone_surrogate_is_delivered_lossily_and_acked() {
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
+    h.wire();
+    assert!(h.peer().push_text(
+        r#"{"bridge":false,"type":2,"dataContent":"half \ud83d here","from":"bob","to":"alice","fp":"fp-1","QoS":true,"typeu":0,"sm":-1}"#
+    ));
+    h.steps(2);
+    let got = h.heard::<DataReceived>();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].content, "half \u{FFFD} here");
+    let acks: Vec<Frame> = h
+        .wire()
+        .into_iter()
+        .filter(|f| f.ty == wire::RECEIVED)
+        .collect();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].content(), "fp-1");
+    assert!(h.heard::<BadFrame>().is_empty());
+}
+
+/// Field report: numbers as strings in a login reply (as web servers send them).
+#[test]
+fn a_login_reply_with_numbers_as_strings_logs_in() {
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "t")).unwrap());
+    h.steps(2);
+    h.wire();
+    assert!(h.peer().push_text(
+        r#"{"bridge":false,"type":"50","dataContent":"{\"code\":\"0\",\"firstLoginTime\":\"17\"}","from":0,"to":"alice","QoS":"false","typeu":-1,"sm":-1}"#
+    ));
+    h.steps(2);
+    let ok = h.heard::<LoginSucceeded>();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(ok[0].first_login_time, 17);
+    assert!(h.core().is_logged_in());
+}
+
+fn writes_of(h: &ImTestApp, fp: &str) -> usize {
+    h.wire()
+        .iter()
+        .filter(|f| f.fp.as_deref() == Some(fp))
+        .count()
+}
+
+/// Field report: a message never ACKed went out four times (original, re-login
+/// flush, two timed resends). The re-login flush is a resend: three writes at most.
+#[test]
+fn an_unacked_message_is_written_three_times_at_most_across_a_relogin() {
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice");
+    let fp = h
+        .run(|mut im: ImClient| im.send(Outgoing::new("bob", "x")).unwrap())
+        .unwrap();
+    h.step();
+    let mut writes = writes_of(&h, &fp);
+    assert_eq!(writes, 1);
+    h.peer().drop_link();
+    h.steps(2);
+    assert!(h.peer().connects().len() == 2, "re-login started");
+    h.push(Frame::login_response(
+        "alice",
+        &LoginResponse {
+            code: 0,
+            first_login_time: 1,
+        },
+    ));
+    h.step();
+    writes += writes_of(&h, &fp);
+    assert_eq!(writes, 2, "the re-login wrote it again, as resend 1");
+    let mut lost = Vec::new();
+    for _ in 0..200 {
+        h.step();
+        writes += writes_of(&h, &fp);
+        lost.extend(h.heard::<MessagesLost>());
+        if !lost.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(lost.len(), 1);
+    assert_eq!(writes, 3, "the send and two resends, never a fourth");
+}

@@ -1,7 +1,11 @@
 //! Measurements of the primary client in Bevy's `DiagnosticsStore`.
 
-use bevy::diagnostic::{Diagnostic, DiagnosticPath, Diagnostics, RegisterDiagnostic};
-use bevy::prelude::{App, Query, With};
+use bevy::diagnostic::{
+    Diagnostic, DiagnosticMeasurement, DiagnosticPath, DiagnosticsStore, RegisterDiagnostic,
+};
+use bevy::ecs::query::QueryState;
+use bevy::platform::time::Instant;
+use bevy::prelude::{App, With, World};
 
 use super::ImPrimaryClient;
 use crate::client::ClientCore;
@@ -40,20 +44,32 @@ pub(super) fn register(app: &mut App) {
 
 /// Measures the primary client.
 pub(super) fn measure(
-    mut diagnostics: Diagnostics,
-    clients: Query<&ClientCore, With<ImPrimaryClient>>,
+    world: &mut World,
+    primary: &mut QueryState<&ClientCore, With<ImPrimaryClient>>,
 ) {
-    let Ok(core) = clients.single() else { return };
+    let Ok(core) = primary.single(world) else {
+        return;
+    };
     let stats = core.stats();
-    if let Some(rtt) = core.rtt() {
-        diagnostics.add_measurement(&RTT_MS, || rtt.as_secs_f64() * 1000.0);
+    let values = [
+        (&RTT_MS, core.rtt().map(|rtt| rtt.as_secs_f64() * 1000.0)),
+        (&PENDING_QOS, Some(core.pending_count() as f64)),
+        (&RESENDS, Some(stats.resends as f64)),
+        (&LOST, Some(stats.lost as f64)),
+        (&RELOGINS, Some(stats.relogins as f64)),
+        (&THROTTLED, Some(stats.throttled as f64)),
+        (&FRAMES_IN, Some(stats.frames_in as f64)),
+        (&FRAMES_OUT, Some(stats.frames_out as f64)),
+    ];
+    let Some(mut store) = world.get_resource_mut::<DiagnosticsStore>() else {
+        return;
+    };
+    let time = Instant::now();
+    for (path, value) in values {
+        if let (Some(value), Some(diagnostic)) = (value, store.get_mut(path))
+            && diagnostic.is_enabled
+        {
+            diagnostic.add_measurement(DiagnosticMeasurement { time, value });
+        }
     }
-    let pending = core.pending_count();
-    diagnostics.add_measurement(&PENDING_QOS, || pending as f64);
-    diagnostics.add_measurement(&RESENDS, || stats.resends as f64);
-    diagnostics.add_measurement(&LOST, || stats.lost as f64);
-    diagnostics.add_measurement(&RELOGINS, || stats.relogins as f64);
-    diagnostics.add_measurement(&THROTTLED, || stats.throttled as f64);
-    diagnostics.add_measurement(&FRAMES_IN, || stats.frames_in as f64);
-    diagnostics.add_measurement(&FRAMES_OUT, || stats.frames_out as f64);
 }

@@ -311,19 +311,9 @@ impl Plugin for ImClientPlugin {
             .init_state::<ImConnection>()
             .register_type::<ImConnection>()
             .configure_sets(PostUpdate, (ImSystems::Tick, ImSystems::Send).chain())
-            .add_systems(
-                PreUpdate,
-                (receive, deliver, update_status)
-                    .chain()
-                    .in_set(ImSystems::Receive),
-            )
+            .add_systems(PreUpdate, receive.in_set(ImSystems::Receive))
             .add_systems(PostUpdate, tick.in_set(ImSystems::Tick))
-            .add_systems(
-                PostUpdate,
-                (flush, deliver, diagnostics::measure)
-                    .chain()
-                    .in_set(ImSystems::Send),
-            );
+            .add_systems(PostUpdate, send.in_set(ImSystems::Send));
         diagnostics::register(app);
     }
 }
@@ -338,10 +328,27 @@ fn platform_transport(config: &TransportConfig) -> Box<dyn Transport> {
     Box::new(crate::transport::WebTransport::new(config.clone()))
 }
 
-/// Feeds every transport event to its client's core; the core ignores stale links.
-fn receive(time: Res<Time<Real>>, mut clients: Query<(&mut ClientCore, &mut ImTransport)>) {
-    let now = time.elapsed();
-    for (mut core, mut transport) in &mut clients {
+// The three systems are exclusive: each runs on the schedule's own thread, so a frame
+// pays no task dispatch for them (which costs far more than their work on a small
+// machine; see BENCHMARKS.md). They are ordered anyway.
+
+type Clients<'w> = (
+    &'w mut ClientCore,
+    &'w mut ImTransport,
+    &'w ImUrl,
+    &'w mut ImInbox,
+);
+
+/// `ImSystems::Receive`: feeds every transport event to its client's core (the core
+/// ignores stale links), writes the events, and updates [`ImStatus`] and
+/// [`ImConnection`].
+fn receive(
+    world: &mut World,
+    clients: &mut QueryState<Clients>,
+    primary: &mut QueryState<&ClientCore, With<ImPrimaryClient>>,
+) {
+    let now = world.resource::<Time<Real>>().elapsed();
+    for (mut core, mut transport, ..) in clients.iter_mut(world) {
         while let Some(event) = transport.0.poll() {
             match event {
                 TransportEvent::Opened { link } => core.on_link_opened(link, now),
@@ -353,29 +360,39 @@ fn receive(time: Res<Time<Real>>, mut clients: Query<(&mut ClientCore, &mut ImTr
             }
         }
     }
+    deliver(world, clients);
+    update_status(world, primary);
 }
 
-fn tick(time: Res<Time<Real>>, mut clients: Query<&mut ClientCore>) {
-    let now = time.elapsed();
-    for mut core in &mut clients {
+/// `ImSystems::Tick`: every client's timers.
+fn tick(world: &mut World, clients: &mut QueryState<&mut ClientCore>) {
+    let now = world.resource::<Time<Real>>().elapsed();
+    for mut core in clients.iter_mut(world) {
         core.tick(now);
     }
 }
 
-/// Hands every queued action to its client's transport, in order.
-fn flush(mut clients: Query<(&mut ClientCore, &mut ImTransport, &ImUrl)>) {
-    for (mut core, mut transport, url) in &mut clients {
+/// `ImSystems::Send`: hands every queued action to its client's transport, in order,
+/// writes the events (the write outcomes among them), and measures diagnostics.
+fn send(
+    world: &mut World,
+    clients: &mut QueryState<Clients>,
+    primary: &mut QueryState<&ClientCore, With<ImPrimaryClient>>,
+) {
+    for (mut core, mut transport, url, _) in clients.iter_mut(world) {
         if core.has_output() {
             core.flush_into(&mut *transport.0, &url.0);
         }
     }
+    deliver(world, clients);
+    diagnostics::measure(world, primary);
 }
 
 /// Writes every event the clients produced as messages and observer events, and
 /// keeps received data in each client's inbox.
-fn deliver(world: &mut World, clients: &mut QueryState<(&mut ClientCore, &mut ImInbox)>) {
+fn deliver(world: &mut World, clients: &mut QueryState<Clients>) {
     let mut events = Vec::new();
-    for (mut core, mut inbox) in clients.iter_mut(world) {
+    for (mut core, _, _, mut inbox) in clients.iter_mut(world) {
         if !core.has_output() {
             continue;
         }
@@ -391,20 +408,21 @@ fn deliver(world: &mut World, clients: &mut QueryState<(&mut ClientCore, &mut Im
     }
 }
 
-fn update_status(
-    clients: Query<&ClientCore, With<ImPrimaryClient>>,
-    mut status: ResMut<ImStatus>,
-    state: Res<State<ImConnection>>,
-    mut next: ResMut<NextState<ImConnection>>,
-) {
-    let Ok(core) = clients.single() else { return };
-    let now = core.is_logged_in();
-    status.just_logged_in = now && !status.was_logged_in;
-    status.just_logged_out = !now && status.was_logged_in;
-    status.was_logged_in = now;
-    let connection = core.state();
-    if *state.get() != connection {
-        next.set(connection);
+/// The primary client's state: [`ImStatus`] for the run conditions, and
+/// [`ImConnection`] when it changed.
+fn update_status(world: &mut World, primary: &mut QueryState<&ClientCore, With<ImPrimaryClient>>) {
+    let Ok(core) = primary.single(world) else {
+        return;
+    };
+    let (logged_in, connection) = (core.is_logged_in(), core.state());
+    let mut status = world.resource_mut::<ImStatus>();
+    status.just_logged_in = logged_in && !status.was_logged_in;
+    status.just_logged_out = !logged_in && status.was_logged_in;
+    status.was_logged_in = logged_in;
+    if world.resource::<State<ImConnection>>().get() != &connection {
+        world
+            .resource_mut::<NextState<ImConnection>>()
+            .set(connection);
     }
 }
 
