@@ -66,6 +66,7 @@ pub struct ImTestApp {
     peer: Option<MemoryPeer>,
     dialect: Dialect,
     client: Entity,
+    step: Duration,
 }
 
 impl ImTestApp {
@@ -121,10 +122,30 @@ impl ImTestApp {
             peer: None,
             dialect: config.client.dialect,
             client,
+            step: STEP,
         }
     }
 
-    /// Runs one update, `STEP` later.
+    /// Sets the time one [`step`](Self::step) advances (default [`STEP`]).
+    pub fn set_step(&mut self, step: Duration) {
+        self.step = step;
+        self.app
+            .insert_resource(TimeUpdateStrategy::ManualDuration(step));
+    }
+
+    /// Logs in as `user` with `token` without answering for the server (for a real
+    /// server; over the memory transport [`login`](Self::login) plays both sides).
+    ///
+    /// # Panics
+    /// When the login is refused locally.
+    pub fn start_login(&mut self, user: &str, token: &str) {
+        let request = crate::client::LoginRequest::new(user, token);
+        self.run(move |mut im: crate::plugin::ImClient| {
+            im.login(request.clone()).expect("a valid login")
+        });
+    }
+
+    /// Runs one update, one step later.
     pub fn step(&mut self) {
         self.app.update();
     }
@@ -142,7 +163,7 @@ impl ImTestApp {
             .insert_resource(TimeUpdateStrategy::ManualDuration(by));
         self.app.update();
         self.app
-            .insert_resource(TimeUpdateStrategy::ManualDuration(STEP));
+            .insert_resource(TimeUpdateStrategy::ManualDuration(self.step));
     }
 
     /// Runs one update at the primary client's next timer (a keepalive, a resend or

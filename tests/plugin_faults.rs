@@ -2,7 +2,7 @@
 //! while two apps chat through the reference server. Whatever happens, every QoS
 //! message the sender sent ends in exactly one outcome (delivered or lost), and the
 //! receiver never gets a message twice.
-#![cfg(all(feature = "server", not(target_arch = "wasm32")))]
+#![cfg(all(feature = "server", feature = "testing", not(target_arch = "wasm32")))]
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
-use bevy::time::TimeUpdateStrategy;
 use bevy_im::prelude::*;
 use bevy_im::server::{AcceptAll, ServerConfig, spawn_background};
+use bevy_im::testing::ImTestApp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -135,24 +135,13 @@ fn listen(
 }
 
 fn client(url: &str, user: &str) -> App {
-    let mut app = App::new();
     let mut config = ImConfig::new(url).dialect(Dialect::MobileImSdkV6);
     config.client.jitter_seed = Some(user.len() as u64);
-    app.add_plugins(MinimalPlugins)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
-            50,
-        )))
-        .add_plugins(ImClientPlugin::new(config))
-        .init_resource::<Heard>()
-        .add_systems(Update, listen);
-    app.update();
-    let user = user.to_owned();
-    app.world_mut()
-        .run_system_once(move |mut im: ImClient| {
-            im.login(LoginRequest::new(user.clone(), "token")).unwrap()
-        })
-        .unwrap();
-    app
+    let mut t = ImTestApp::connected(config);
+    t.set_step(Duration::from_millis(50));
+    t.app.init_resource::<Heard>().add_systems(Update, listen);
+    t.start_login(user, "token");
+    t.app
 }
 
 fn heard(app: &App) -> &Heard {

@@ -1,7 +1,7 @@
 //! The plugin over real sockets on 127.0.0.1 against the reference server in the
 //! same process. Time in the apps is driven by hand; only I/O takes real time, and
 //! every wait is bounded.
-#![cfg(all(feature = "server", not(target_arch = "wasm32")))]
+#![cfg(all(feature = "server", feature = "testing", not(target_arch = "wasm32")))]
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -13,6 +13,7 @@ use bevy_im::prelude::*;
 use bevy_im::server::{
     AcceptAll, RateLimit, RunningServer, ServerConfig, TlsConfig, spawn_background,
 };
+use bevy_im::testing::ImTestApp;
 
 /// Everything a client app heard, in order.
 #[derive(Resource, Default, Debug)]
@@ -82,24 +83,15 @@ fn server_with(config: ServerConfig) -> RunningServer {
 }
 
 fn client(url: &str, dialect: Dialect, user: &str) -> App {
-    let mut app = App::new();
     let mut config = ImConfig::new(url).dialect(dialect);
     config.client.jitter_seed = Some(9);
-    app.add_plugins(MinimalPlugins)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
-            50,
-        )))
-        .add_plugins(ImClientPlugin::new(config))
+    let mut t = ImTestApp::connected(config);
+    t.set_step(Duration::from_millis(50));
+    t.app
         .init_resource::<Heard>()
         .add_systems(Update, (listen, listen_for_refusals));
-    app.update();
-    let user = user.to_owned();
-    app.world_mut()
-        .run_system_once(move |mut im: ImClient| {
-            im.login(LoginRequest::new(user.clone(), "token")).unwrap()
-        })
-        .unwrap();
-    app
+    t.start_login(user, "token");
+    t.app
 }
 
 /// Updates every app until `done` holds for all of them, for at most 10 s of real time.

@@ -33,6 +33,7 @@ pub enum Action {
 
 /// Why an inbound frame was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum FrameProblem {
     /// The text is not a valid frame, or its body is malformed.
     #[error(transparent)]

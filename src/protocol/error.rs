@@ -2,6 +2,7 @@ use thiserror::Error;
 
 /// Why an inbound text could not be turned into a [`Frame`](super::Frame) or a body.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// The text is not JSON at all (or is truncated).
     #[error("not JSON: {reason}")]

@@ -84,6 +84,7 @@ impl TransportEvent {
 
 /// A typed link failure.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The URL could not be used (bad syntax, unsupported scheme).
     #[error("invalid URL: {0}")]
