@@ -384,3 +384,40 @@ fn relogin_gives_up_after_its_attempt_limit() {
     assert_eq!(t.peer().connects().len(), 1 + 3);
     assert_eq!(state(&t), ImConnection::Offline);
 }
+
+#[test]
+fn the_state_and_messages_are_reflected_for_inspectors() {
+    use bevy::reflect::{ReflectRef, TypeRegistry};
+    let t = ImTestApp::memory(config());
+    let registry = t.app.world().resource::<AppTypeRegistry>().read();
+    let registered = |r: &TypeRegistry, id| r.get(id).is_some();
+    assert!(registered(
+        &registry,
+        std::any::TypeId::of::<ImConnection>()
+    ));
+    assert!(registered(
+        &registry,
+        std::any::TypeId::of::<DataReceived>()
+    ));
+    assert!(registered(
+        &registry,
+        std::any::TypeId::of::<MessagesLost>()
+    ));
+    // A message reads field by field, as an inspector shows it.
+    let msg = DataReceived {
+        client: Entity::PLACEHOLDER,
+        fp: None,
+        from: "bob".into(),
+        content: "gg".into(),
+        typeu: 3,
+    };
+    let ReflectRef::Struct(fields) = msg.reflect_ref() else {
+        panic!("a struct");
+    };
+    assert_eq!(
+        fields
+            .field("content")
+            .and_then(|f| f.try_downcast_ref::<String>()),
+        Some(&"gg".to_owned())
+    );
+}
