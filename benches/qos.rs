@@ -123,6 +123,7 @@ fn core_roundtrip(c: &mut Criterion) {
         &LoginResponse {
             code: 0,
             first_login_time: 1,
+            ext: Vec::new(),
         },
     );
     client.on_text(link, &ok.to_json(), t0);

@@ -296,6 +296,7 @@ impl ImTestApp {
             &LoginResponse {
                 code: 0,
                 first_login_time,
+                ext: Vec::new(),
             },
         ));
         self.step();

@@ -155,6 +155,7 @@ fn login_ok(to: &str, first_login_time: i64) -> Frame {
         &LoginResponse {
             code: 0,
             first_login_time,
+            ext: Vec::new(),
         },
     )
 }
@@ -165,6 +166,7 @@ fn login_refused(to: &str, code: i32) -> Frame {
         &LoginResponse {
             code,
             first_login_time: -1,
+            ext: Vec::new(),
         },
     )
 }

@@ -74,6 +74,7 @@ fn the_connection_is_a_bevy_state_that_follows_the_session() {
         &LoginResponse {
             code: 0,
             first_login_time: 1,
+            ext: Vec::new(),
         },
     ));
     t.step();
@@ -238,6 +239,7 @@ fn a_hundred_messages_sent_while_relogging_arrive_once_in_order() {
                 &LoginResponse {
                     code: 0,
                     first_login_time: 1,
+                    ext: Vec::new(),
                 },
             ));
             t.step();
@@ -309,6 +311,7 @@ fn a_refused_relogin_stops_until_the_game_gives_a_fresh_token() {
         &LoginResponse {
             code: 1100,
             first_login_time: -1,
+            ext: Vec::new(),
         },
     ));
     t.steps(2);
@@ -346,6 +349,7 @@ fn a_refused_relogin_stops_until_the_game_gives_a_fresh_token() {
         &LoginResponse {
             code: 0,
             first_login_time: 1,
+            ext: Vec::new(),
         },
     ));
     t.steps(2);

@@ -37,6 +37,7 @@ fn login_reaches_the_game_as_a_message_in_the_next_update() {
         &LoginResponse {
             code: 0,
             first_login_time: 42,
+            ext: Vec::new(),
         },
     ));
     assert!(h.heard::<LoginSucceeded>().is_empty());
@@ -68,6 +69,7 @@ fn a_refused_login_is_reported_with_the_servers_code() {
         &LoginResponse {
             code: 1100,
             first_login_time: -1,
+            ext: Vec::new(),
         },
     ));
     h.step();
@@ -283,6 +285,7 @@ fn a_dead_link_is_reported_then_relogin_succeeds_with_the_saved_time() {
         &LoginResponse {
             code: 0,
             first_login_time: 555,
+            ext: Vec::new(),
         },
     ));
     h.step();
@@ -615,6 +618,7 @@ fn an_unacked_message_is_written_three_times_at_most_across_a_relogin() {
         &LoginResponse {
             code: 0,
             first_login_time: 1,
+            ext: Vec::new(),
         },
     ));
     h.step();

@@ -49,7 +49,7 @@ prop_compose! {
         typeu in any::<i32>(),
         sm in any::<i64>(),
     ) -> Frame {
-        Frame { bridge, ty, data_content, from, to, fp, qos, typeu, sm }
+        Frame { bridge, ty, data_content, from, to, fp, qos, typeu, sm, mid: None, stored: false }
     }
 }
 
@@ -276,7 +276,7 @@ proptest! {
         let r: LoginResponse = decode_body(Some(
             &serde_json::json!({ "code": code.to_string(), "firstLoginTime": time.to_string() }).to_string(),
         )).unwrap();
-        prop_assert_eq!(r, LoginResponse { code, first_login_time: time });
+        prop_assert_eq!(r, LoginResponse { code, first_login_time: time, ext: Vec::new() });
         let k: KickoutInfo = decode_body(Some(
             &serde_json::json!({ "code": code.to_string(), "reason": code }).to_string(),
         )).unwrap();
@@ -491,7 +491,7 @@ proptest! {
         error_msg in arb_text(),
         reason in proptest::option::of(arb_text()),
     ) {
-        let response = LoginResponse { code, first_login_time };
+        let response = LoginResponse { code, first_login_time, ext: Vec::new() };
         prop_assert_eq!(decode_body(Some(&encode_body(&response))), Ok(response));
         let error = ErrorResponse { error_code: code, error_msg };
         prop_assert_eq!(decode_body(Some(&encode_body(&error))), Ok(error.clone()));

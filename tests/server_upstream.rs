@@ -346,6 +346,7 @@ fn answer_before_close(text: &str) -> Option<String> {
             let expected = LoginResponse {
                 code: 4,
                 first_login_time: -1,
+                ext: Vec::new(),
             };
             (body == expected && f.to_id() == "-1" && f.from_id() == "0")
                 .then(|| "login 4".to_owned())

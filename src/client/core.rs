@@ -738,7 +738,9 @@ impl ClientCore {
                     });
                 }
             }
-            ServerKind::Other(ty) => self.bad_frame(FrameProblem::UnknownType(ty)),
+            ServerKind::Room | ServerKind::Other(_) => {
+                self.bad_frame(FrameProblem::UnknownType(frame.ty))
+            }
         }
     }
 

@@ -89,7 +89,7 @@ impl Body for LoginInfo {
 }
 
 /// `PLoginInfoResponse`: the server's answer to a login (type 50).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginResponse {
     /// 0 for success, otherwise the login hook's code (or
     /// [`ResultCode::InvalidProtocol`](super::ResultCode::InvalidProtocol) for a login
@@ -104,6 +104,11 @@ pub struct LoginResponse {
         deserialize_with = "field::long_or_default"
     )]
     pub first_login_time: i64,
+    /// Extension (`docs/PROTOCOL-EXTENSIONS.md`): what the server serves beyond
+    /// upstream's protocol ([`ext`](super::ext) names). Left out when empty, so the
+    /// reply keeps upstream's bytes; upstream clients ignore it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext: Vec<String>,
 }
 
 impl Body for LoginResponse {

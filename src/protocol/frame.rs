@@ -58,6 +58,15 @@ pub struct Frame {
     pub typeu: i32,
     /// The server timestamp in ms, or -1.
     pub sm: i64,
+    /// Extension (`docs/PROTOCOL-EXTENSIONS.md`): the server's id of a stored message
+    /// (increasing per room, per pair of users, or per offline box). Left out when
+    /// `None`, so upstream frames keep their bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mid: Option<i64>,
+    /// Extension: on the server's ACK, the message was stored for a receiver who is
+    /// offline (not relayed to a device). Left out when false.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stored: bool,
 }
 
 impl Frame {
@@ -74,6 +83,8 @@ impl Frame {
             qos: false,
             typeu: -1,
             sm: -1,
+            mid: None,
+            stored: false,
         }
     }
 
@@ -249,6 +260,8 @@ impl Frame {
             qos: take(&mut map, "QoS", to_bool)?.unwrap_or(false),
             typeu: take(&mut map, "typeu", to_int)?.unwrap_or(0),
             sm: take(&mut map, "sm", to_long)?.unwrap_or(0),
+            mid: take(&mut map, "mid", to_long)?,
+            stored: take(&mut map, "stored", to_bool)?.unwrap_or(false),
         })
     }
 }

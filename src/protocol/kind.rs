@@ -29,6 +29,13 @@ pub mod wire {
     pub const SEED_ACK_OR_V6_KICKOUT: i32 = 54;
     /// The kickout in the seed dialect (an extension: the seed's table has none).
     pub const SEED_KICKOUT: i32 = 55;
+    /// Extension (`docs/PROTOCOL-EXTENSIONS.md`): a room or social request from a
+    /// client, body [`RoomRequest`](crate::protocol::RoomRequest). Upstream servers
+    /// ignore the number; clients send it only to servers that announced `rooms`.
+    pub const ROOM_REQUEST: i32 = 100;
+    /// Extension: the server's answer to a room request, or a room event, body
+    /// [`RoomReply`](crate::protocol::RoomReply). The same number in both dialects.
+    pub const ROOM_REPLY: i32 = 150;
 }
 
 /// What a frame sent by a client means. The same in both dialects.
@@ -46,6 +53,8 @@ pub enum ClientKind {
     Ack,
     /// Type 5.
     Echo,
+    /// Type 100, an extension: a room or social request.
+    Room,
     /// Any other number, kept as it was.
     Other(i32),
 }
@@ -60,6 +69,7 @@ impl ClientKind {
             wire::LOGOUT => Self::Logout,
             wire::RECEIVED => Self::Ack,
             wire::ECHO => Self::Echo,
+            wire::ROOM_REQUEST => Self::Room,
             other => Self::Other(other),
         }
     }
@@ -73,6 +83,7 @@ impl ClientKind {
             Self::Logout => wire::LOGOUT,
             Self::Ack => wire::RECEIVED,
             Self::Echo => wire::ECHO,
+            Self::Room => wire::ROOM_REQUEST,
             Self::Other(n) => n,
         }
     }
@@ -96,6 +107,8 @@ pub enum ServerKind {
     Data,
     /// The server's ACK of a QoS frame (type 4 in both dialects; 54 in the seed's).
     Ack,
+    /// Type 150, an extension: a room reply or event.
+    Room,
     /// Any other number, kept as it was.
     Other(i32),
 }
@@ -128,6 +141,7 @@ impl Dialect {
             (Self::Seed, wire::SEED_ACK_OR_V6_KICKOUT) => ServerKind::Ack,
             (Self::Seed, wire::SEED_KICKOUT) => ServerKind::Kickout,
             (Self::MobileImSdkV6, wire::SEED_ACK_OR_V6_KICKOUT) => ServerKind::Kickout,
+            (_, wire::ROOM_REPLY) => ServerKind::Room,
             (_, other) => ServerKind::Other(other),
         }
     }
@@ -144,6 +158,7 @@ impl Dialect {
             (Self::MobileImSdkV6, ServerKind::Ack) => wire::RECEIVED,
             (Self::Seed, ServerKind::Kickout) => wire::SEED_KICKOUT,
             (Self::MobileImSdkV6, ServerKind::Kickout) => wire::SEED_ACK_OR_V6_KICKOUT,
+            (_, ServerKind::Room) => wire::ROOM_REPLY,
             (_, ServerKind::Other(n)) => n,
         }
     }

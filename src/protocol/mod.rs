@@ -11,6 +11,7 @@ mod fingerprint;
 mod frame;
 mod kind;
 mod lenient;
+mod room;
 
 pub use body::{
     Body, ErrorResponse, KeepAlive, KickoutInfo, LoginInfo, LoginResponse, decode_body, encode_body,
@@ -21,3 +22,7 @@ pub use fingerprint::new_fingerprint;
 pub use frame::{Frame, MAX_FRAME_BYTES, SERVER_ID, UNSET_ID};
 pub use kind::{ClientKind, Dialect, KickoutCode, ServerKind, wire};
 pub use lenient::replace_lone_surrogates;
+pub use room::{
+    HistoryMessage, MAX_ROOM_NAME, Member, ROOM_PREFIX, RoomInfo, RoomNameError, RoomOp, RoomReply,
+    RoomRequest, ext, room_address, room_code, room_of_address, validate_room_name,
+};

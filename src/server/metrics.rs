@@ -108,7 +108,7 @@ impl RejectReason {
     }
 }
 
-const IN_LABELS: [&str; 7] = [
+const IN_LABELS: [&str; 8] = [
     "login",
     "keepalive",
     "data",
@@ -116,8 +116,9 @@ const IN_LABELS: [&str; 7] = [
     "ack",
     "echo",
     "other",
+    "room",
 ];
-const OUT_LABELS: [&str; 8] = [
+const OUT_LABELS: [&str; 9] = [
     "login_response",
     "keepalive_response",
     "error",
@@ -126,6 +127,7 @@ const OUT_LABELS: [&str; 8] = [
     "data",
     "ack",
     "other",
+    "room",
 ];
 
 fn in_index(kind: ClientKind) -> usize {
@@ -137,6 +139,7 @@ fn in_index(kind: ClientKind) -> usize {
         ClientKind::Ack => 4,
         ClientKind::Echo => 5,
         ClientKind::Other(_) => 6,
+        ClientKind::Room => 7,
     }
 }
 
@@ -150,6 +153,7 @@ pub(crate) fn out_index(kind: ServerKind) -> usize {
         ServerKind::Data => 5,
         ServerKind::Ack => 6,
         ServerKind::Other(_) => 7,
+        ServerKind::Room => 8,
     }
 }
 
@@ -163,8 +167,8 @@ pub(crate) struct Metrics {
     pub c2s_duplicates: AtomicU64,
     pub qos_resends: AtomicU64,
     pub qos_lost: AtomicU64,
-    frames_in: [AtomicU64; 7],
-    frames_out: [AtomicU64; 8],
+    frames_in: [AtomicU64; 8],
+    frames_out: [AtomicU64; 9],
     rejected: [AtomicU64; 19],
 }
 

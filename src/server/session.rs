@@ -209,7 +209,8 @@ impl Session {
                 Step::Continue
             }
             ClientKind::Logout => Step::bye(LogoutReason::Logout),
-            ClientKind::Other(ty) => {
+            ClientKind::Room | ClientKind::Other(_) => {
+                let ty = frame.ty;
                 tracing::debug!(session = self.id, ty, "ignoring an unsupported type");
                 shared.metrics.reject(RejectReason::UnknownType);
                 Step::Continue
@@ -255,6 +256,7 @@ impl Session {
                     &LoginResponse {
                         code: ResultCode::InvalidProtocol.code(),
                         first_login_time: -1,
+                        ext: Vec::new(),
                     },
                 );
                 self.push(&reply, ServerKind::LoginResponse);
@@ -274,6 +276,7 @@ impl Session {
                 &LoginResponse {
                     code: 0,
                     first_login_time: t,
+                    ext: Vec::new(),
                 },
             );
             self.push(&reply, ServerKind::LoginResponse);
@@ -292,6 +295,7 @@ impl Session {
                 &LoginResponse {
                     code,
                     first_login_time: -1,
+                    ext: Vec::new(),
                 },
             );
             self.push(&reply, ServerKind::LoginResponse);
@@ -307,6 +311,7 @@ impl Session {
             &LoginResponse {
                 code: 0,
                 first_login_time: t,
+                ext: Vec::new(),
             },
         );
         self.push(&reply, ServerKind::LoginResponse);
