@@ -14,16 +14,18 @@ pub mod transport;
 /// The names a game needs, in one import.
 pub mod prelude {
     pub use crate::client::{
-        ImConnection, LoginError, LoginRequest, Outgoing, ReloginLimits, ReloginPolicy, SendError,
-        SenseMode, TypedMessage,
+        ImConnection, LoginError, LoginRequest, Outgoing, ReloginLimits, ReloginPolicy, RoomError,
+        SendError, SenseMode, TypedMessage,
     };
     pub use crate::plugin::conditions::*;
     pub use crate::plugin::{
-        BadFrame, CloseReason, DataReceived, ImClient, ImClientBundle, ImClientMut, ImClientPlugin,
-        ImClients, ImConfig, ImInbox, ImPrimaryClient, ImSystems, ImUrl, KeepaliveReply, Kicked,
-        LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MessageDelivered,
-        MessagesLost, ReloginStarted, ReloginStop, ReloginStopped, SendResult, SendThrottled,
-        ServerError,
+        BadFrame, BlockUpdated, CloseReason, DataReceived, ImClient, ImClientBundle, ImClientMut,
+        ImClientPlugin, ImClients, ImConfig, ImInbox, ImPrimaryClient, ImSystems, ImUrl,
+        KeepaliveReply, Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded,
+        MemberJoined, MemberLeft, MessageDelivered, MessageRefused, MessagesLost, PresenceChanged,
+        ReloginStarted, ReloginStop, ReloginStopped, RoomHistory, RoomJoined, RoomLeft,
+        RoomLeftReason, RoomList, RoomMembers, RoomRequestFailed, RoomState, Rooms, SendResult,
+        SendThrottled, ServerError,
     };
-    pub use crate::protocol::{Dialect, KickoutCode, ResultCode};
+    pub use crate::protocol::{Dialect, HistoryMessage, KickoutCode, Member, ResultCode, ext};
 }

@@ -37,7 +37,10 @@ use bevy::time::TimeUpdateStrategy;
 
 use crate::client::{ClientCore, ClientEvent};
 use crate::plugin::{ImClientPlugin, ImConfig, ImPrimaryClient};
-use crate::protocol::{Dialect, Frame, LoginResponse, wire};
+use crate::protocol::{
+    Dialect, Frame, LoginResponse, RoomReply, RoomRequest, SERVER_ID, decode_body, encode_body,
+    room_address, wire,
+};
 use crate::transport::{MemoryPeer, MemoryTransport, TransportConfig};
 
 /// The fixed step of [`ImTestApp::step`]: 100 ms of protocol time per update.
@@ -279,6 +282,20 @@ impl ImTestApp {
     /// # Panics
     /// As [`login`](Self::login).
     pub fn login_as(&mut self, user: &str, first_login_time: i64) {
+        self.login_full(user, first_login_time, &[]);
+    }
+
+    /// [`login`](Self::login) to a server that serves the extensions `ext`
+    /// ([`protocol::ext`](crate::protocol::ext) names, such as `ext::ROOMS`), as its
+    /// login reply lists them.
+    ///
+    /// # Panics
+    /// As [`login`](Self::login).
+    pub fn login_with_ext(&mut self, user: &str, ext: &[&str]) {
+        self.login_full(user, 1, ext);
+    }
+
+    fn login_full(&mut self, user: &str, first_login_time: i64, ext: &[&str]) {
         let u = user.to_owned();
         self.run(move |mut im: crate::plugin::ImClient| {
             im.login(crate::client::LoginRequest::new(u.clone(), "token"))
@@ -296,11 +313,60 @@ impl ImTestApp {
             &LoginResponse {
                 code: 0,
                 first_login_time,
-                ext: Vec::new(),
+                ext: ext.iter().map(|e| (*e).to_owned()).collect(),
             },
         ));
         self.step();
         assert!(self.core().is_logged_in(), "logged in");
+    }
+
+    /// The room and social requests (type 100) the client wrote since the last
+    /// [`wire`](Self::wire) (memory transport); other frames are dropped.
+    ///
+    /// # Panics
+    /// As [`wire`](Self::wire), or when a request's body does not decode.
+    pub fn room_requests(&self) -> Vec<RoomRequest> {
+        self.wire()
+            .iter()
+            .filter(|f| f.ty == wire::ROOM_REQUEST)
+            .map(|f| decode_body(f.data_content.as_deref()).expect("a room request body"))
+            .collect()
+    }
+
+    /// The server sends a room reply or event (type 150) to the logged-in user
+    /// (memory transport); the client sees it next update. Answer a request with
+    /// `RoomReply::to(&request, code)`.
+    ///
+    /// # Panics
+    /// When no link is open.
+    pub fn push_room_reply(&mut self, reply: &RoomReply) {
+        let to = self.core().user_id().unwrap_or_default().to_owned();
+        let mut frame = Frame::new(wire::ROOM_REPLY, SERVER_ID, to);
+        frame.data_content = Some(encode_body(reply));
+        self.push(frame);
+    }
+
+    /// The server delivers a copy of `from`'s QoS message `content` in room `room`
+    /// with message id `mid` and server time `sm` (memory transport), and runs one
+    /// update. Returns its fingerprint.
+    pub fn deliver_to_room(&mut self, from: &str, room: &str, content: &str, mid: i64) -> String {
+        let mut frame = Frame::data(from, &room_address(room), content, true, None, 0);
+        frame.mid = Some(mid);
+        frame.sm = 1_795_643_500_000 + mid;
+        let fp = frame.fp.clone().unwrap_or_default();
+        self.push(frame);
+        self.step();
+        fp
+    }
+
+    /// The server ACKs `fp` with the extension's fields: the message's id `mid`, and
+    /// `stored` when it was stored for an offline receiver (memory transport).
+    pub fn push_ack(&mut self, fp: &str, mid: Option<i64>, stored: bool) {
+        let user = self.core().user_id().unwrap_or_default().to_owned();
+        let mut ack = Frame::server_ack(self.dialect, SERVER_ID, &user, fp);
+        ack.mid = mid;
+        ack.stored = stored;
+        self.push(ack);
     }
 
     /// The server delivers a QoS message `content` from `from` (memory transport).

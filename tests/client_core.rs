@@ -212,6 +212,8 @@ fn delivered(fp: &str) -> ClientEvent {
     ClientEvent::MessageDelivered(MessageDelivered {
         client: ME,
         fp: fp.into(),
+        stored: false,
+        mid: None,
     })
 }
 
@@ -668,7 +670,10 @@ fn received_qos_data_is_acked_every_time_and_delivered_once() {
             fp: Some("fp-1".into()),
             from: "bob".into(),
             content: "hey".into(),
-            typeu: 3
+            typeu: 3,
+            room: None,
+            mid: None,
+            sent_at_ms: None,
         })]
     );
 }

@@ -414,6 +414,9 @@ fn the_state_and_messages_are_reflected_for_inspectors() {
         from: "bob".into(),
         content: "gg".into(),
         typeu: 3,
+        room: Some("lobby".into()),
+        mid: Some(12),
+        sent_at_ms: Some(1_795_643_500_123),
     };
     let ReflectRef::Struct(fields) = msg.reflect_ref() else {
         panic!("a struct");

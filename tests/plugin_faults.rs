@@ -155,6 +155,7 @@ fn every_qos_message_is_delivered_or_lost_exactly_once_through_cuts_and_stalls()
             listen: "127.0.0.1:0".parse().unwrap(),
             dialect: Dialect::MobileImSdkV6,
             rate_limit: None,
+            user_rate_limit: None,
             shutdown_timeout: Duration::from_secs(2),
             ..ServerConfig::default()
         },

@@ -137,7 +137,9 @@ fn a_qos_message_is_delivered_when_the_server_acks_it() {
         h.heard::<MessageDelivered>(),
         [MessageDelivered {
             client: h.client(),
-            fp
+            fp,
+            stored: false,
+            mid: None,
         }]
     );
     assert_eq!(h.run(|im: ImClient| im.pending_count()), 0);
@@ -241,7 +243,10 @@ fn received_data_is_acked_deduplicated_and_kept_in_the_inbox() {
             fp: Some("fp-9".into()),
             from: "bob".into(),
             content: "hello alice".into(),
-            typeu: 4
+            typeu: 4,
+            room: None,
+            mid: None,
+            sent_at_ms: None,
         }]
     );
     let inbox: Vec<DataReceived> =

@@ -26,6 +26,8 @@ fn im_server_serves_and_stops_on_sigterm() {
             "3s",
             "--log-level",
             "info",
+            "--store",
+            "memory",
         ])
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
@@ -107,4 +109,102 @@ fn im_server_rejects_bad_arguments() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown dialect"));
+}
+
+/// Starts `im-server` on `store` and returns the child and its WebSocket URL.
+fn start_on_store(store: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_im-server"))
+        .args(["--listen", "127.0.0.1:0", "--dialect", "mobileimsdk-v6"])
+        .arg("--store")
+        .arg(store)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start im-server");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Read the log on a thread, so a server that never logs its URL fails in time.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(i) = line.find("ws://") {
+                let _ = tx.send(line[i..].split_whitespace().next().unwrap_or("").to_owned());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("im-server logs its URL");
+    (child, url)
+}
+
+#[test]
+fn what_was_acked_as_stored_survives_kill_9_of_the_binary() {
+    use bevy_im::protocol::{RoomOp, RoomReply, RoomRequest, decode_body};
+    let store = std::env::temp_dir().join(format!("bevy_im-kill9-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&store);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+
+    let (mut child, url) = start_on_store(&store);
+    let (offline_fps, room_text) = rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut alice = logged_in(&url, "alice").await;
+            let mut fps = Vec::new();
+            for i in 0..20 {
+                let m = Frame::data("alice", "bob", format!("offline {i}"), true, None, 0);
+                alice.send(&m).await;
+                let ack = alice.recv().await;
+                assert!(ack.stored, "ACKed as stored: {ack:?}");
+                fps.push(m.fp.unwrap());
+            }
+            let join = RoomRequest::new(1, RoomOp::Join).room("lobby");
+            alice.send(&Frame::room_request("alice", &join)).await;
+            assert_eq!(alice.recv().await.ty, 150);
+            alice
+                .send(&Frame::data(
+                    "alice",
+                    "#lobby",
+                    "in the room",
+                    true,
+                    None,
+                    0,
+                ))
+                .await;
+            assert_eq!(alice.recv().await.mid, Some(1));
+            (fps, "in the room")
+        })
+        .await
+        .expect("in time")
+    });
+    // No shutdown: the process is killed outright.
+    child.kill().expect("SIGKILL");
+    child.wait().unwrap();
+
+    let (mut child, url) = start_on_store(&store);
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), async {
+            let mut bob = logged_in(&url, "bob").await;
+            let mut got = Vec::new();
+            for _ in 0..offline_fps.len() {
+                let m = bob.recv().await;
+                bob.send(&Frame::ack_of(&m).unwrap()).await;
+                got.push(m.fp.unwrap());
+            }
+            assert_eq!(got, offline_fps, "every stored message, in order");
+            let join = RoomRequest::new(1, RoomOp::Join).room("lobby");
+            bob.send(&Frame::room_request("bob", &join)).await;
+            let reply: RoomReply = decode_body(bob.recv().await.data_content.as_deref()).unwrap();
+            assert_eq!(reply.messages.len(), 1);
+            assert_eq!(reply.messages[0].content, room_text);
+        })
+        .await
+        .expect("in time")
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", store.display()));
+    }
 }

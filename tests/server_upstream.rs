@@ -41,6 +41,8 @@ fn scaled(secs: f64) -> Duration {
 fn replay_config(dialect: Dialect) -> ServerConfig {
     let mut c = config(dialect);
     c.read_timeout = scaled(11.0);
+    // Upstream's protocol only: byte for byte what upstream writes.
+    c.extensions = false;
     c
 }
 

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use bevy_im::client::SenseMode;
 use bevy_im::protocol::Dialect;
-use bevy_im::server::{AcceptAll, RateLimit, Server, ServerConfig, TlsConfig};
+use bevy_im::server::{AcceptAll, RateLimit, Server, ServerConfig, StorePath, TlsConfig};
 use clap::Parser;
 
 /// The reference MobileIMSDK server over WebSocket (path `/websocket`).
@@ -52,6 +52,11 @@ struct Args {
     /// Log filter, such as `info` or `bevy_im=debug`.
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Where room history, direct history, offline messages and private rooms are
+    /// kept: a SQLite file (created when missing), or `memory` for nothing that
+    /// survives a restart.
+    #[arg(long, default_value = "im-server.db")]
+    store: StorePath,
 }
 
 impl Args {
@@ -66,6 +71,7 @@ impl Args {
         });
         config.max_pending_s2c_per_user = self.max_pending_s2c;
         config.metrics_addr = self.metrics;
+        config.store = self.store.clone();
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.tls = Some(TlsConfig::from_pem_files(cert, key));
         }

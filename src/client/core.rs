@@ -1,20 +1,23 @@
 //! The rules that move the parts together.
 
+mod social;
+
 use std::time::Duration;
 
 use bevy::prelude::{Component, Entity};
 
 use crate::protocol::{
     ClientKind, ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse,
-    ResultCode, ServerKind, decode_body,
+    ResultCode, ServerKind, decode_body, room_of_address,
 };
 use crate::transport::{LinkId, TransportError};
 
 use super::messages::*;
+use super::rooms::RoomRequests;
 use super::{
     Action, ClientConfig, CoreOutput, CoreStats, FrameProblem, ImConnection, Keepalive,
     KeepaliveTick, LoginError, LoginRequest, Outgoing, QosReceiveFilter, QosSendTable, Relogin,
-    SendError,
+    Rooms, SendError,
 };
 
 /// The error code upstream uses for "not logged in" inside an error frame.
@@ -113,6 +116,13 @@ pub struct ClientCore {
     qos_recv: QosReceiveFilter,
     keepalive: Keepalive,
     relogin: Relogin,
+    /// What the server serves beyond upstream's protocol: its last login reply's
+    /// `ext`, kept across re-logins, forgotten when the session ends.
+    server_ext: Vec<String>,
+    /// The rooms the client is in.
+    rooms: Rooms,
+    /// Room and social requests waiting for their replies.
+    requests: RoomRequests,
     out: CoreOutput,
 }
 
@@ -136,6 +146,9 @@ impl ClientCore {
             attempts_since_loss: 0,
             link: None,
             next_link: 0,
+            server_ext: Vec::new(),
+            rooms: Rooms::default(),
+            requests: RoomRequests::default(),
             out: CoreOutput::default(),
             config,
         }
@@ -268,7 +281,8 @@ impl ClientCore {
     }
 
     /// When the next timer is due: a keepalive, a QoS resend or loss, a dedup expiry,
-    /// the login timeout or a re-login attempt. `None` when nothing is scheduled. It
+    /// the login timeout, a re-login attempt or a room request's timeout. `None` when
+    /// nothing is scheduled. It
     /// may be early (a deadline that was cancelled since), never late: calling
     /// [`tick`](Self::tick) at that time (and after every input) runs everything on
     /// time.
@@ -294,6 +308,7 @@ impl ClientCore {
             login_timeout,
             relogin,
             give_up,
+            self.requests.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -423,6 +438,7 @@ impl ClientCore {
         }
         if lose_pending {
             self.report_lost();
+            self.end_social_session();
         }
         if forget_received {
             self.qos_recv.clear();
@@ -564,7 +580,9 @@ impl ClientCore {
 
     /// Stops everything and forgets the login and both QoS tables. Messages still
     /// waiting for an ACK are reported lost ([`MessagesLost`]), so every QoS message
-    /// ends delivered or lost exactly once. Upstream's `release` reports nothing.
+    /// ends delivered, refused or lost exactly once; room requests still waiting fail
+    /// ([`RoomRequestFailed`]) and every room is left ([`RoomLeft`]). Upstream's
+    /// `release` reports nothing.
     pub fn release(&mut self, now: Duration) {
         self.end_link(LinkEnd::Released, now);
         self.login = None;
@@ -591,10 +609,16 @@ impl ClientCore {
     /// waits (at most [`ClientConfig::max_queued`] of them) and is written, in order,
     /// once logged in again, keeping its fingerprint and its deadlines.
     ///
+    /// A message whose `to` is a room address (`#name`, see
+    /// [`Outgoing::to_room`]) goes to every other member of the room; it needs a
+    /// server that serves `rooms`.
+    ///
     /// # Errors
     /// With nothing written or queued: [`SendError::Released`],
     /// [`SendError::NotLoggedIn`], [`SendError::QueueFull`],
-    /// [`SendError::EmptyReceiver`], [`SendError::TooLarge`].
+    /// [`SendError::EmptyReceiver`], [`SendError::TooLarge`], and for a room
+    /// [`SendError::Room`] ([`RoomError::BadName`](super::RoomError::BadName) or
+    /// [`RoomError::NotSupported`](super::RoomError::NotSupported)).
     pub fn send(&mut self, msg: Outgoing, now: Duration) -> Result<Option<String>, SendError> {
         if self.is_released() {
             return Err(SendError::Released);
@@ -611,6 +635,9 @@ impl ClientCore {
         }
         if msg.to.is_empty() {
             return Err(SendError::EmptyReceiver);
+        }
+        if let Some(room) = msg.room() {
+            self.check_room(room)?;
         }
         let frame = Frame::data(
             &self.user(),
@@ -729,19 +756,28 @@ impl ClientCore {
             ServerKind::EchoResponse => {}
             ServerKind::Kickout => self.on_kickout(&frame, now),
             ServerKind::Data => self.on_data(frame, now),
-            ServerKind::Ack => {
-                let fp = frame.content();
-                if self.qos_send.ack(fp) {
-                    self.emit(MessageDelivered {
-                        client: self.entity,
-                        fp: fp.to_owned(),
-                    });
-                }
-            }
-            ServerKind::Room | ServerKind::Other(_) => {
-                self.bad_frame(FrameProblem::UnknownType(frame.ty))
-            }
+            ServerKind::Ack => self.on_ack(&frame),
+            ServerKind::Room => self.on_room_frame(&frame, now),
+            ServerKind::Other(_) => self.bad_frame(FrameProblem::UnknownType(frame.ty)),
         }
+    }
+
+    /// The server's ACK of a QoS message: delivered (relayed, or `stored` for an
+    /// offline receiver; a room message's id is recorded as seen).
+    fn on_ack(&mut self, frame: &Frame) {
+        let fp = frame.content();
+        let Some(sent) = self.qos_send.remove(fp) else {
+            return;
+        };
+        if let Some(mid) = frame.mid {
+            self.saw_own_room_message(&sent, mid);
+        }
+        self.emit(MessageDelivered {
+            client: self.entity,
+            fp: fp.to_owned(),
+            stored: frame.stored,
+            mid: frame.mid,
+        });
     }
 
     fn ack(&mut self, received: &Frame) {
@@ -775,6 +811,7 @@ impl ClientCore {
             }
             self.login_has_init = true;
         }
+        self.server_ext = response.ext;
         self.phase = Phase::LoggedIn { since: now };
         self.lost_at = None;
         self.relogin.succeeded();
@@ -785,6 +822,9 @@ impl ClientCore {
             relogin,
             first_login_time: self.first_login_time().unwrap_or_default(),
         });
+        // Room requests first (re-joins among them), so that messages to a room
+        // queued during a re-login reach it as a member.
+        self.resume_social_session(now);
         let (frames, resends) = self.qos_send.login_flush(now);
         self.out.stats.resends += resends;
         for frame in &frames {
@@ -800,6 +840,9 @@ impl ClientCore {
         let code = error.error_code;
         if code == RATE_LIMITED {
             return self.on_throttled(&error.error_msg, now);
+        }
+        if code != NOT_LOGGED_IN && self.on_refused(code, &error.error_msg) {
+            return;
         }
         self.emit(ServerError {
             client: self.entity,
@@ -835,6 +878,35 @@ impl ClientCore {
         });
     }
 
+    /// An error frame whose message is one of this client's data frames: the server
+    /// refused that message (403, 404, 503, 507, ...). A pending QoS message leaves
+    /// the table: [`MessageRefused`] is its one outcome. Returns false when the error
+    /// is not about one of this client's messages (a [`ServerError`] then), or
+    /// names a QoS message that is settled already.
+    fn on_refused(&mut self, code: i32, refused: &str) -> bool {
+        let Ok(frame) = Frame::decode(refused) else {
+            return false;
+        };
+        if frame.client_kind() != ClientKind::Data {
+            return false;
+        }
+        let fp = frame.fp.clone();
+        let frame = match (&fp, frame.qos) {
+            (Some(fp), true) => match self.qos_send.remove(fp) {
+                Some(sent) => sent,
+                None => return false,
+            },
+            _ => frame,
+        };
+        self.emit(MessageRefused {
+            client: self.entity,
+            fp,
+            code,
+            frame,
+        });
+        true
+    }
+
     fn on_kickout(&mut self, frame: &Frame, now: Duration) {
         let info: KickoutInfo = decode_body(frame.data_content.as_deref()).unwrap_or_else(|e| {
             self.bad_frame(e.into());
@@ -853,22 +925,32 @@ impl ClientCore {
         {
             return;
         }
+        let room = room_of_address(frame.to_id()).map(str::to_owned);
+        if let (Some(room), Some(mid)) = (&room, frame.mid)
+            && !self.saw_room_message(room, mid)
+        {
+            return;
+        }
         self.emit(DataReceived {
             client: self.entity,
             fp: frame.fp,
             from: frame.from.unwrap_or_default(),
             content: frame.data_content.unwrap_or_default(),
             typeu: frame.typeu,
+            room,
+            mid: frame.mid,
+            sent_at_ms: (frame.sm > 0).then_some(frame.sm),
         });
     }
 
     /// Runs every timer due at `now`, in this order: keepalive, QoS resends and
-    /// losses, dedup expiry, the login timeout, re-login.
+    /// losses, dedup expiry, the login timeout, re-login, room request timeouts.
     pub fn tick(&mut self, now: Duration) {
         self.tick_keepalive(now);
         self.tick_qos_send(now);
         self.qos_recv.expire(now);
         self.tick_relogin(now);
+        self.tick_requests(now);
     }
 
     fn tick_keepalive(&mut self, now: Duration) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use bevy::prelude::{Entity, Event, Message, Reflect};
 
-use super::FrameProblem;
-use crate::protocol::{Frame, KickoutCode, ResultCode};
+use super::{FrameProblem, RoomError};
+use crate::protocol::{Frame, HistoryMessage, KickoutCode, Member, ResultCode, RoomInfo, RoomOp};
 use crate::transport::TransportError;
 
 /// A login or re-login succeeded (the seed's `onLoginOrReloginSuccessCB`).
@@ -100,7 +100,12 @@ pub struct LinkClosed {
     pub reason: CloseReason,
 }
 
-/// Data from another user or the server (the seed's `onTransBufferCB`).
+/// Data from another user or the server (the seed's `onTransBufferCB`): a direct
+/// message, a message to a room the client is in (`room` is set), or a message
+/// stored while the client was offline (`mid` and `sent_at_ms` set, `room` not).
+///
+/// A room message is delivered once per `mid`: a live copy and a history copy (the
+/// catch-up of a re-join) of the same message reach the game once.
 #[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
 pub struct DataReceived {
     /// The client entity.
@@ -113,6 +118,15 @@ pub struct DataReceived {
     pub content: String,
     /// The app-defined sub-type.
     pub typeu: i32,
+    /// The room (its name, without `#`) for a room message; `None` for a message to
+    /// this user.
+    pub room: Option<String>,
+    /// The server's id of a stored message (room messages, offline messages):
+    /// increasing per room, for ordering and de-duplication.
+    pub mid: Option<i64>,
+    /// When the server accepted the message, in ms since the Unix epoch, when it
+    /// says (room and offline messages).
+    pub sent_at_ms: Option<i64>,
 }
 
 impl DataReceived {
@@ -137,6 +151,7 @@ impl DataReceived {
     /// let msg = DataReceived {
     ///     client: Entity::PLACEHOLDER, fp: None, from: "bob".into(),
     ///     content: r#"{"x":1.0,"y":2.0}"#.into(), typeu: 10,
+    ///     room: None, mid: None, sent_at_ms: None,
     /// };
     /// assert_eq!(msg.parse::<Move>(), Some(Ok(Move { x: 1.0, y: 2.0 })));
     /// ```
@@ -163,7 +178,8 @@ pub enum PayloadError {
 }
 
 /// An error frame from the server (the seed's `onTransErrorCB`). Rate-limit refusals
-/// (429) are [`SendThrottled`] instead.
+/// (429) are [`SendThrottled`] instead, and refusals of the client's own messages
+/// [`MessageRefused`].
 #[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
 pub struct ServerError {
     /// The client entity.
@@ -174,7 +190,7 @@ pub struct ServerError {
     pub msg: String,
 }
 
-/// QoS messages the server never ACKed (the seed's `handleMessageLost`), or that were
+/// QoS messages the server never ACKed nor refused (the seed's `handleMessageLost`), or that were
 /// still waiting when the session ended (logout, release, kickout, another user's
 /// login). The frames are complete, so the game can send their content again.
 #[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
@@ -185,13 +201,38 @@ pub struct MessagesLost {
     pub frames: Vec<Frame>,
 }
 
-/// The server ACKed a QoS message (the seed's `messagesBeReceivedCB`).
+/// The server ACKed a QoS message (the seed's `messagesBeReceivedCB`): relayed to an
+/// online receiver, accepted for a room, or stored for a receiver who is offline
+/// (`stored`), to be delivered at their next login.
 #[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
 pub struct MessageDelivered {
     /// The client entity.
     pub client: Entity,
     /// The message's fingerprint, as returned by `send`.
     pub fp: String,
+    /// The receiver was offline: the server stored the message for later (extension
+    /// `offline`). False for every upstream ACK: relayed to the receiver.
+    pub stored: bool,
+    /// The server's id of the stored message (room messages, stored messages).
+    pub mid: Option<i64>,
+}
+
+/// The server refused one of the client's messages with an error frame naming it
+/// (403 refused or blocked, 404 not a member of the room, 503 store failed, 507 the
+/// receiver's offline box is full: `room_code`). Nothing was delivered. For a QoS
+/// message this is its one outcome: it leaves the pending table and is neither
+/// delivered nor lost later.
+#[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
+pub struct MessageRefused {
+    /// The client entity.
+    pub client: Entity,
+    /// The message's fingerprint (`None` for a message sent without one).
+    pub fp: Option<String>,
+    /// The server's code.
+    pub code: i32,
+    /// The refused frame, as the server sent it back, so the game can show or send
+    /// its content again.
+    pub frame: Frame,
 }
 
 /// The server refused a frame for its rate limit (error 429). Not a failure: a QoS
@@ -303,6 +344,173 @@ pub struct BadFrame {
     pub problem: FrameProblem,
 }
 
+/// The client is in `room`: the server accepted a join, the game's or the automatic
+/// re-join after a re-login. [`Rooms`](super::Rooms) holds the same members.
+///
+/// `messages` are the room's messages this client has not seen, oldest first: on a
+/// first join the recent history (at most 20), on a re-join (`rejoin`) only those
+/// it missed (and not seen live meanwhile). `more`: older messages exist than the
+/// oldest given (page back with `room_history`).
+#[derive(Message, Event, Debug, Clone, PartialEq, Eq)]
+pub struct RoomJoined {
+    /// The client entity.
+    pub client: Entity,
+    /// The room's name (without `#`).
+    pub room: String,
+    /// Every member, this user included, with presence.
+    pub members: Vec<Member>,
+    /// Messages not seen yet, oldest first.
+    pub messages: Vec<HistoryMessage>,
+    /// Older messages exist than the oldest in `messages`.
+    pub more: bool,
+    /// The client was in the room already (a re-join after a re-login): the member
+    /// list replaces the one it had, and `messages` are those it missed.
+    pub rejoin: bool,
+}
+
+/// Why the client is no longer in a room.
+#[derive(Reflect, Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RoomLeftReason {
+    /// The game's `leave_room` succeeded.
+    Requested,
+    /// The server removed this user from the room (a `left` event naming it: the
+    /// grace period after a lost link passed, or the host removed it).
+    Removed,
+    /// The session ended: logout, release, kickout, or a login as another user.
+    SessionEnded,
+    /// After a re-login the automatic re-join failed
+    /// ([`RoomRequestFailed`] says why), or the server no longer serves rooms.
+    RejoinFailed,
+}
+
+/// The client is no longer in `room`: it left [`Rooms`](super::Rooms).
+#[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
+pub struct RoomLeft {
+    /// The client entity.
+    pub client: Entity,
+    /// The room's name.
+    pub room: String,
+    /// Why.
+    pub reason: RoomLeftReason,
+}
+
+/// `user` joined `room` (online).
+#[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
+pub struct MemberJoined {
+    /// The client entity.
+    pub client: Entity,
+    /// The room's name.
+    pub room: String,
+    /// The new member.
+    pub user: String,
+}
+
+/// `user` left `room`: left, logged out, or stayed offline past the grace period.
+#[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
+pub struct MemberLeft {
+    /// The client entity.
+    pub client: Entity,
+    /// The room's name.
+    pub room: String,
+    /// The member who left.
+    pub user: String,
+}
+
+/// A member of `room` went offline (their link dropped; they stay a member for the
+/// grace period) or came back online.
+#[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
+pub struct PresenceChanged {
+    /// The client entity.
+    pub client: Entity,
+    /// The room's name.
+    pub room: String,
+    /// The member.
+    pub user: String,
+    /// Whether their link is up now.
+    pub online: bool,
+}
+
+/// The answer to `room_members`: the members of `room` with presence (for a room the
+/// client is in, [`Rooms`](super::Rooms) now holds the same).
+#[derive(Message, Event, Debug, Clone, PartialEq, Eq)]
+pub struct RoomMembers {
+    /// The client entity.
+    pub client: Entity,
+    /// The request id the call returned.
+    pub req: u64,
+    /// The room's name.
+    pub room: String,
+    /// The members.
+    pub members: Vec<Member>,
+}
+
+/// A page of history: the answer to `room_history` (`room` set) or `direct_history`
+/// (`peer` set). Messages are oldest first; `more`: older ones exist (ask again
+/// with `before` = the first message's `mid`).
+#[derive(Message, Event, Debug, Clone, PartialEq, Eq)]
+pub struct RoomHistory {
+    /// The client entity.
+    pub client: Entity,
+    /// The request id the call returned.
+    pub req: u64,
+    /// The room, for a room's history.
+    pub room: Option<String>,
+    /// The other user, for the history of direct messages with them.
+    pub peer: Option<String>,
+    /// The page, oldest first.
+    pub messages: Vec<HistoryMessage>,
+    /// Older messages exist.
+    pub more: bool,
+}
+
+/// The answer to `list_rooms`: the public rooms and their member counts.
+#[derive(Message, Event, Debug, Clone, PartialEq, Eq)]
+pub struct RoomList {
+    /// The client entity.
+    pub client: Entity,
+    /// The request id the call returned.
+    pub req: u64,
+    /// The public rooms.
+    pub rooms: Vec<RoomInfo>,
+}
+
+/// The answer to `block` or `unblock`: direct messages from `user` are now refused
+/// (`blocked`) or accepted again.
+#[derive(Message, Event, Reflect, Debug, Clone, PartialEq, Eq)]
+pub struct BlockUpdated {
+    /// The client entity.
+    pub client: Entity,
+    /// The request id the call returned.
+    pub req: u64,
+    /// The user.
+    pub user: String,
+    /// Whether they are blocked now.
+    pub blocked: bool,
+}
+
+/// A room or social request failed after it was made: the server refused it
+/// ([`RoomError::Refused`] with its code), no reply came in time
+/// ([`RoomError::TimedOut`]), the session ended first ([`RoomError::SessionEnded`]),
+/// or a re-login found the server no longer serving the extension. Every request a
+/// call made ends in exactly one success message or this. (A call refused at once
+/// returns its error and makes no request.)
+#[derive(Message, Event, Debug, Clone, PartialEq, Eq)]
+pub struct RoomRequestFailed {
+    /// The client entity.
+    pub client: Entity,
+    /// The request id (the call's, or an automatic re-join's).
+    pub req: u64,
+    /// What was asked.
+    pub op: RoomOp,
+    /// The room it concerned, if any.
+    pub room: Option<String>,
+    /// The user it concerned (`direct_history`'s peer, `block`'s user), if any.
+    pub user: Option<String>,
+    /// Why.
+    pub error: RoomError,
+}
+
 macro_rules! client_events {
     ($($name:ident),* $(,)?) => {
         /// Something the game should hear about: one variant per message type.
@@ -367,4 +575,15 @@ client_events!(
     KeepaliveReply,
     LinkError,
     BadFrame,
+    MessageRefused,
+    RoomJoined,
+    RoomLeft,
+    MemberJoined,
+    MemberLeft,
+    PresenceChanged,
+    RoomMembers,
+    RoomHistory,
+    RoomList,
+    BlockUpdated,
+    RoomRequestFailed,
 );

@@ -1,5 +1,6 @@
 //! The client core: the login session, the QoS send table, the QoS receive filter,
-//! keepalive and re-login, as plain deterministic state machines.
+//! keepalive, re-login, and the social extension's rooms and requests, as plain
+//! deterministic state machines.
 //!
 //! Nothing here touches a socket, a thread or a clock. Every call takes `now` (time
 //! since an arbitrary start) and records what to do: link [`Action`]s for the
@@ -29,14 +30,16 @@ mod messages;
 mod qos_recv;
 mod qos_send;
 mod relogin;
+mod rooms;
 mod session;
 
 pub use self::core::{ClientCore, RATE_LIMITED};
-pub use error::{LoginError, SendError};
+pub use error::{LoginError, RoomError, SendError};
 pub use events::{Action, CoreOutput, CoreStats, FrameProblem};
 pub use keepalive::{Keepalive, KeepaliveTick, SenseMode};
 pub use messages::*;
 pub use qos_recv::{DedupConfig, QosReceiveFilter};
 pub use qos_send::{QosSendConfig, QosSendTable, QosTick};
 pub use relogin::{Relogin, ReloginPolicy};
+pub use rooms::{RoomState, Rooms, SEEN_MIDS_PER_ROOM};
 pub use session::{ClientConfig, ImConnection, LoginRequest, Outgoing, ReloginLimits};

@@ -1,6 +1,7 @@
 //! The QoS send table (the seed's `QoS4SendDaemon`): every QoS frame sent waits here
-//! under its fingerprint until the server ACKs it, is resent on its own deadline, and
-//! is reported lost when its resends run out.
+//! under its fingerprint until the server ACKs it (or refuses it with an error frame
+//! naming it), is resent on its own deadline, and is reported lost when its resends
+//! run out.
 //!
 //! # How often a message is written
 //!
@@ -161,9 +162,15 @@ impl QosSendTable {
     /// An ACK for `fp`: returns true if it was pending (delivered now), false for a
     /// late, duplicate or unknown ACK.
     pub fn ack(&mut self, fp: &str) -> bool {
-        let known = self.pending.remove(fp).is_some();
+        self.remove(fp).is_some()
+    }
+
+    /// Takes `fp` out of the table, settled (an ACK, or the server's refusal);
+    /// returns its frame, `None` when it was not pending.
+    pub fn remove(&mut self, fp: &str) -> Option<Frame> {
+        let entry = self.pending.remove(fp);
         self.compact();
-        known
+        entry.map(|p| p.frame)
     }
 
     /// Resends and losses due at `now`. With the link down (`!link_up`) a due resend

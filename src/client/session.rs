@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bevy::prelude::{Reflect, States};
 
-use crate::protocol::{Dialect, MAX_FRAME_BYTES};
+use crate::protocol::{Dialect, MAX_FRAME_BYTES, room_address, room_of_address};
 
 use super::{DedupConfig, QosSendConfig, ReloginPolicy, SenseMode};
 
@@ -35,6 +35,10 @@ pub struct ClientConfig {
     pub max_queued: usize,
     /// When automatic re-login gives up.
     pub relogin_limits: ReloginLimits,
+    /// How long a room or social request waits for its reply, from the call, before
+    /// it fails with [`RoomError::TimedOut`](super::RoomError) (a re-login in between
+    /// does not extend it).
+    pub room_request_timeout: Duration,
 }
 
 impl Default for ClientConfig {
@@ -51,6 +55,7 @@ impl Default for ClientConfig {
             jitter_seed: None,
             max_queued: 1024,
             relogin_limits: ReloginLimits::default(),
+            room_request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -92,9 +97,10 @@ impl LoginRequest {
 }
 
 /// A message to send: the seed's `send({dataContent, toId, Qos, fingerPrint, typeu})`.
+/// To a user ([`new`](Self::new)) or to a room ([`to_room`](Self::to_room)).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outgoing {
-    /// The receiver's user id; `"0"` for the server.
+    /// The receiver's user id; `"0"` for the server; `"#name"` for room `name`.
     pub to: String,
     /// The message.
     pub content: String,
@@ -116,6 +122,22 @@ impl Outgoing {
             fp: None,
             typeu: 0,
         }
+    }
+
+    /// A QoS message with `typeu` 0 to room `room` (its name, without `#`): every
+    /// other member gets it; the server ACKs once it has accepted and stored it.
+    ///
+    /// ```
+    /// use bevy_im::client::Outgoing;
+    /// assert_eq!(Outgoing::to_room("lobby", "gg").to, "#lobby");
+    /// ```
+    pub fn to_room(room: &str, content: impl Into<String>) -> Self {
+        Self::new(room_address(room), content)
+    }
+
+    /// The room this message goes to (its name), when it goes to a room.
+    pub fn room(&self) -> Option<&str> {
+        room_of_address(&self.to)
     }
 
     /// Sets whether the message uses QoS.

@@ -9,8 +9,8 @@ use serde::Serialize;
 
 use super::{ImInbox, ImPrimaryClient, ImUrl};
 use crate::client::{
-    ClientCore, ImConnection, LoginError, LoginRequest, Outgoing, ReloginStop, SendError,
-    TypedMessage,
+    ClientCore, ImConnection, LoginError, LoginRequest, Outgoing, ReloginStop, RoomError, Rooms,
+    SendError, TypedMessage,
 };
 use crate::protocol::ResultCode;
 use crate::transport::LinkId;
@@ -95,8 +95,136 @@ impl ImClientMut<'_> {
         self.send(Outgoing::new(to, content).typeu(T::TYPEU))
     }
 
+    /// Sends `content` to room `room` (its name, without `#`) with QoS: every other
+    /// member gets it. As [`send`](Self::send) of [`Outgoing::to_room`], which also
+    /// takes the QoS, fingerprint and `typeu` options; `MessageDelivered` carries the
+    /// message's id in the room.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send); [`SendError::Room`] for a bad room name or a server
+    /// that does not serve rooms.
+    pub fn send_to_room(
+        &mut self,
+        room: &str,
+        content: impl Into<String>,
+    ) -> Result<Option<String>, SendError> {
+        self.send(Outgoing::to_room(room, content))
+    }
+
+    /// Sends `payload` as JSON to room `room` with QoS and `typeu` 0.
+    ///
+    /// # Errors
+    /// As [`send_json`](Self::send_json) and [`send_to_room`](Self::send_to_room).
+    pub fn send_to_room_json<T: Serialize>(
+        &mut self,
+        room: &str,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        let content =
+            serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
+        self.send(Outgoing::to_room(room, content))
+    }
+
+    /// Sends a [`TypedMessage`] to room `room`: its JSON with QoS and its `typeu`.
+    ///
+    /// # Errors
+    /// As [`send_to_room_json`](Self::send_to_room_json).
+    pub fn send_to_room_typed<T: TypedMessage>(
+        &mut self,
+        room: &str,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        let content =
+            serde_json::to_string(payload).map_err(|e| SendError::Serialize(e.to_string()))?;
+        self.send(Outgoing::to_room(room, content).typeu(T::TYPEU))
+    }
+
+    /// Joins room `room` (created on first join). Returns the request id at once;
+    /// `RoomJoined` brings the members and recent history, or `RoomRequestFailed`
+    /// says why not. During a re-login the request waits for it.
+    ///
+    /// # Errors
+    /// At once, nothing written: [`RoomError::BadName`], [`RoomError::NotLoggedIn`],
+    /// [`RoomError::NotSupported`] (the server did not announce `rooms`),
+    /// [`RoomError::TooManyPending`].
+    pub fn join_room(&mut self, room: &str) -> Result<u64, RoomError> {
+        self.core.join_room(room, self.now)
+    }
+
+    /// Leaves room `room`: `RoomLeft` once the server agreed.
+    ///
+    /// # Errors
+    /// As [`join_room`](Self::join_room).
+    pub fn leave_room(&mut self, room: &str) -> Result<u64, RoomError> {
+        self.core.leave_room(room, self.now)
+    }
+
+    /// Asks for the members of `room`: `RoomMembers`.
+    ///
+    /// # Errors
+    /// As [`join_room`](Self::join_room).
+    pub fn room_members(&mut self, room: &str) -> Result<u64, RoomError> {
+        self.core.room_members(room, self.now)
+    }
+
+    /// Asks for a page of `room`'s history (at most `limit`, 1 to 100, messages with
+    /// ids below `before`; the newest when `None`): `RoomHistory`.
+    ///
+    /// # Errors
+    /// As [`join_room`](Self::join_room), [`RoomError::BadLimit`], and
+    /// [`RoomError::NotSupported`] for `history`.
+    pub fn room_history(
+        &mut self,
+        room: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<u64, RoomError> {
+        self.core.room_history(room, before, limit, self.now)
+    }
+
+    /// Asks for a page of the direct messages with `peer`: `RoomHistory` with `peer`.
+    ///
+    /// # Errors
+    /// [`RoomError::BadUser`], [`RoomError::BadLimit`], [`RoomError::NotLoggedIn`],
+    /// [`RoomError::NotSupported`] (`history`), [`RoomError::TooManyPending`].
+    pub fn direct_history(
+        &mut self,
+        peer: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<u64, RoomError> {
+        self.core.direct_history(peer, before, limit, self.now)
+    }
+
+    /// Asks for the public rooms: `RoomList`.
+    ///
+    /// # Errors
+    /// [`RoomError::NotLoggedIn`], [`RoomError::NotSupported`],
+    /// [`RoomError::TooManyPending`].
+    pub fn list_rooms(&mut self) -> Result<u64, RoomError> {
+        self.core.list_rooms(self.now)
+    }
+
+    /// Blocks direct messages from `user`: `BlockUpdated`.
+    ///
+    /// # Errors
+    /// [`RoomError::BadUser`], [`RoomError::NotLoggedIn`],
+    /// [`RoomError::NotSupported`] (`block`), [`RoomError::TooManyPending`].
+    pub fn block(&mut self, user: &str) -> Result<u64, RoomError> {
+        self.core.block(user, self.now)
+    }
+
+    /// Unblocks `user`: `BlockUpdated`.
+    ///
+    /// # Errors
+    /// As [`block`](Self::block).
+    pub fn unblock(&mut self, user: &str) -> Result<u64, RoomError> {
+        self.core.unblock(user, self.now)
+    }
+
     /// Stops everything and forgets the session. Messages still waiting for an ACK
-    /// are reported in `MessagesLost`.
+    /// are reported in `MessagesLost`, room requests in `RoomRequestFailed`, and
+    /// every room is left (`RoomLeft`).
     pub fn release(&mut self) {
         self.core.release(self.now);
     }
@@ -141,6 +269,21 @@ impl ImClientMut<'_> {
     /// The latest keepalive round-trip time.
     pub fn rtt(&self) -> Option<Duration> {
         self.core.rtt()
+    }
+
+    /// The rooms the client is in, with members and presence.
+    pub fn rooms(&self) -> &Rooms {
+        self.core.rooms()
+    }
+
+    /// What the server serves beyond upstream's protocol (`ext` names).
+    pub fn server_extensions(&self) -> &[String] {
+        self.core.server_extensions()
+    }
+
+    /// Whether the server serves `ext` (a [`protocol::ext`](crate::protocol::ext) name).
+    pub fn supports(&self, ext: &str) -> bool {
+        self.core.supports(ext)
     }
 
     /// The client core, read only.
@@ -254,6 +397,116 @@ impl ImClient<'_, '_> {
         self.get().send_typed(to, payload)
     }
 
+    /// See [`ImClientMut::send_to_room`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::send_to_room`].
+    pub fn send_to_room(
+        &mut self,
+        room: &str,
+        content: impl Into<String>,
+    ) -> Result<Option<String>, SendError> {
+        self.get().send_to_room(room, content)
+    }
+
+    /// See [`ImClientMut::send_to_room_json`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::send_to_room_json`].
+    pub fn send_to_room_json<T: Serialize>(
+        &mut self,
+        room: &str,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        self.get().send_to_room_json(room, payload)
+    }
+
+    /// See [`ImClientMut::send_to_room_typed`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::send_to_room_typed`].
+    pub fn send_to_room_typed<T: TypedMessage>(
+        &mut self,
+        room: &str,
+        payload: &T,
+    ) -> Result<Option<String>, SendError> {
+        self.get().send_to_room_typed(room, payload)
+    }
+
+    /// See [`ImClientMut::join_room`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::join_room`].
+    pub fn join_room(&mut self, room: &str) -> Result<u64, RoomError> {
+        self.get().join_room(room)
+    }
+
+    /// See [`ImClientMut::leave_room`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::leave_room`].
+    pub fn leave_room(&mut self, room: &str) -> Result<u64, RoomError> {
+        self.get().leave_room(room)
+    }
+
+    /// See [`ImClientMut::room_members`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::room_members`].
+    pub fn room_members(&mut self, room: &str) -> Result<u64, RoomError> {
+        self.get().room_members(room)
+    }
+
+    /// See [`ImClientMut::room_history`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::room_history`].
+    pub fn room_history(
+        &mut self,
+        room: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<u64, RoomError> {
+        self.get().room_history(room, before, limit)
+    }
+
+    /// See [`ImClientMut::direct_history`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::direct_history`].
+    pub fn direct_history(
+        &mut self,
+        peer: &str,
+        before: Option<i64>,
+        limit: u32,
+    ) -> Result<u64, RoomError> {
+        self.get().direct_history(peer, before, limit)
+    }
+
+    /// See [`ImClientMut::list_rooms`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::list_rooms`].
+    pub fn list_rooms(&mut self) -> Result<u64, RoomError> {
+        self.get().list_rooms()
+    }
+
+    /// See [`ImClientMut::block`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::block`].
+    pub fn block(&mut self, user: &str) -> Result<u64, RoomError> {
+        self.get().block(user)
+    }
+
+    /// See [`ImClientMut::unblock`].
+    ///
+    /// # Errors
+    /// As [`ImClientMut::unblock`].
+    pub fn unblock(&mut self, user: &str) -> Result<u64, RoomError> {
+        self.get().unblock(user)
+    }
+
     /// See [`ImClientMut::release`].
     pub fn release(&mut self) {
         self.get().release();
@@ -292,6 +545,21 @@ impl ImClient<'_, '_> {
     /// The latest keepalive round-trip time.
     pub fn rtt(&self) -> Option<Duration> {
         self.read().rtt()
+    }
+
+    /// The rooms the client is in, with members and presence.
+    pub fn rooms(&self) -> &Rooms {
+        self.read().rooms()
+    }
+
+    /// What the server serves beyond upstream's protocol (`ext` names).
+    pub fn server_extensions(&self) -> &[String] {
+        self.read().server_extensions()
+    }
+
+    /// Whether the server serves `ext` (a [`protocol::ext`](crate::protocol::ext) name).
+    pub fn supports(&self, ext: &str) -> bool {
+        self.read().supports(ext)
     }
 
     /// The client core, read only.

@@ -70,6 +70,9 @@ mod tests {
             from: "bob".into(),
             content: n.to_string(),
             typeu: 0,
+            room: None,
+            mid: None,
+            sent_at_ms: None,
         }
     }
 

@@ -35,9 +35,12 @@ use bevy::state::app::StatesPlugin;
 use bevy::time::Real;
 
 pub use crate::client::{
-    BadFrame, ClientEvent, CloseReason, DataReceived, ImConnection, KeepaliveReply, Kicked,
-    LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MessageDelivered, MessagesLost,
-    ReloginStarted, ReloginStop, ReloginStopped, SendResult, SendThrottled, ServerError,
+    BadFrame, BlockUpdated, ClientEvent, CloseReason, DataReceived, ImConnection, KeepaliveReply,
+    Kicked, LinkClosed, LinkError, LoggedOut, LoginFailed, LoginSucceeded, MemberJoined,
+    MemberLeft, MessageDelivered, MessageRefused, MessagesLost, PresenceChanged, ReloginStarted,
+    ReloginStop, ReloginStopped, RoomError, RoomHistory, RoomJoined, RoomLeft, RoomLeftReason,
+    RoomList, RoomMembers, RoomRequestFailed, RoomState, Rooms, SendResult, SendThrottled,
+    ServerError,
 };
 pub use client::{ImClient, ImClientMut, ImClients};
 pub use inbox::ImInbox;
@@ -143,6 +146,12 @@ impl ImConfig {
     /// Sets the connect timeout.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.transport.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets how long a room or social request waits for its reply (10 s by default).
+    pub fn room_request_timeout(mut self, timeout: Duration) -> Self {
+        self.client.room_request_timeout = timeout;
         self
     }
 }
@@ -324,6 +333,12 @@ impl Plugin for ImClientPlugin {
             .register_type::<LoggedOut>()
             .register_type::<SendResult>()
             .register_type::<KeepaliveReply>()
+            .register_type::<MessageRefused>()
+            .register_type::<RoomLeft>()
+            .register_type::<MemberJoined>()
+            .register_type::<MemberLeft>()
+            .register_type::<PresenceChanged>()
+            .register_type::<BlockUpdated>()
             .configure_sets(PostUpdate, (ImSystems::Tick, ImSystems::Send).chain())
             .add_systems(PreUpdate, receive.in_set(ImSystems::Receive))
             .add_systems(PostUpdate, tick.in_set(ImSystems::Tick))

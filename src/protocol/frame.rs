@@ -170,6 +170,16 @@ impl Frame {
         Self::new(wire::RESPONSE_FOR_ERROR, SERVER_ID, UNSET_ID).with_content(encode_body(error))
     }
 
+    /// A room request (type 100, an extension), from `from` to the server.
+    pub fn room_request(from: &str, request: &super::RoomRequest) -> Self {
+        Self::new(wire::ROOM_REQUEST, from, SERVER_ID).with_content(encode_body(request))
+    }
+
+    /// A room reply or event (type 150, an extension), from the server to `to`.
+    pub fn room_reply(to: &str, reply: &super::RoomReply) -> Self {
+        Self::new(wire::ROOM_REPLY, SERVER_ID, to).with_content(encode_body(reply))
+    }
+
     /// The server's kickout (type 54 in v6, 55 in the seed dialect).
     pub fn kickout(dialect: Dialect, to: &str, info: &KickoutInfo) -> Self {
         Self::new(dialect.server_type(ServerKind::Kickout), SERVER_ID, to)

@@ -96,7 +96,7 @@ pub fn room_of_address(address: &str) -> Option<&str> {
 }
 
 /// What a room request asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, bevy::prelude::Reflect)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum RoomOp {
@@ -182,7 +182,7 @@ impl Body for RoomRequest {
 }
 
 /// A member of a room and whether their link is up.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bevy::prelude::Reflect)]
 pub struct Member {
     /// The user id.
     pub user: String,
@@ -192,7 +192,7 @@ pub struct Member {
 }
 
 /// A stored message, as history carries it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bevy::prelude::Reflect)]
 pub struct HistoryMessage {
     /// The server's id: increasing per room (or per pair).
     pub mid: i64,
@@ -213,7 +213,7 @@ pub struct HistoryMessage {
 }
 
 /// A public room in a room list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bevy::prelude::Reflect)]
 pub struct RoomInfo {
     /// The room name.
     pub room: String,

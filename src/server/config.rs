@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::rooms::RoomsConfig;
+use super::store::{StoreConfig, StorePath};
 use crate::client::SenseMode;
 use crate::protocol::{Dialect, MAX_FRAME_BYTES};
 
@@ -138,6 +140,10 @@ pub struct ServerConfig {
     pub c2s_dedup_max_entries: usize,
     /// The per-connection inbound rate limit; `None` turns it off.
     pub rate_limit: Option<RateLimit>,
+    /// A token bucket per logged-in user on data frames and room requests, shared by
+    /// all of the user's sockets (default 50 per second, bursts of 100); over it, the
+    /// frame gets an error frame with 429, as for the per-connection limit.
+    pub user_rate_limit: Option<RateLimit>,
     /// Open connections beyond this are refused before the upgrade (default 10000).
     pub max_connections: usize,
     /// Unacknowledged server-to-client QoS frames one user may have (default 1000).
@@ -156,6 +162,22 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Serve Prometheus text metrics over HTTP at `GET /metrics` on this address.
     pub metrics_addr: Option<SocketAddr>,
+    /// Rooms: the member cap, the grace period of a dropped member, history on join.
+    pub rooms: RoomsConfig,
+    /// Where room history, direct history, offline messages and private rooms are kept
+    /// (default in memory; the `im-server` binary's default is the file
+    /// `im-server.db` in the working directory).
+    pub store: StorePath,
+    /// How much the store keeps.
+    pub store_limits: StoreConfig,
+    /// Whether relayed direct messages are kept in each pair's history (default on;
+    /// off saves a store write per direct message).
+    pub direct_history: bool,
+    /// Whether the social extension is served (`docs/PROTOCOL-EXTENSIONS.md`:
+    /// rooms, presence, history, offline messages, block lists; default on). Off, the
+    /// server speaks upstream's protocol only, byte for byte: no `ext` in the login
+    /// reply, room requests ignored as unknown types, nothing stored.
+    pub extensions: bool,
 }
 
 impl Default for ServerConfig {
@@ -171,6 +193,7 @@ impl Default for ServerConfig {
             c2s_dedup_window: Duration::from_secs(600),
             c2s_dedup_max_entries: 200_000,
             rate_limit: Some(RateLimit::default()),
+            user_rate_limit: Some(RateLimit::default()),
             max_connections: 10_000,
             max_pending_s2c_per_user: 1000,
             max_outbound_queue: 1024,
@@ -178,6 +201,11 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(5),
             tls: None,
             metrics_addr: None,
+            rooms: RoomsConfig::default(),
+            store: StorePath::Memory,
+            store_limits: StoreConfig::default(),
+            direct_history: true,
+            extensions: true,
         }
     }
 }

@@ -25,6 +25,17 @@ pub enum LogoutReason {
     Shutdown,
 }
 
+/// What the moderation hook decides about a message ([`ServerHooks::moderate`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moderation {
+    /// Deliver it as it is.
+    Pass,
+    /// Deliver this text instead.
+    Rewrite(String),
+    /// Deliver nothing; the sender gets an error frame with 403 and no ACK.
+    Refuse,
+}
+
 /// The host program's hooks. Every method has a default, so an empty `impl` gives
 /// upstream's demo: everyone may log in, nothing is stored offline.
 ///
@@ -89,6 +100,22 @@ pub trait ServerHooks: Send + Sync + 'static {
     fn on_s2c_lost(&self, user_id: &str, frame: &Frame) {
         let _ = (user_id, frame);
     }
+
+    /// Sees every user-to-user and room message before it is delivered or stored
+    /// (`to` is a user id or a room address such as `#lobby`), and may pass, rewrite
+    /// or refuse it. The default passes everything.
+    fn moderate(&self, from: &str, to: &str, content: &str) -> Moderation {
+        let _ = (from, to, content);
+        Moderation::Pass
+    }
+
+    /// Whether `user_id` may join the private room `room` (rooms the host created with
+    /// [`ServerHandle::create_room`](super::ServerHandle::create_room) as private).
+    /// The default lets nobody in.
+    fn may_join(&self, user_id: &str, room: &str) -> bool {
+        let _ = (user_id, room);
+        false
+    }
 }
 
 /// Upstream's demo behaviour: every login is accepted and nothing is stored offline.
@@ -126,5 +153,13 @@ impl<T: ServerHooks + ?Sized> ServerHooks for Arc<T> {
 
     fn on_s2c_lost(&self, user_id: &str, frame: &Frame) {
         (**self).on_s2c_lost(user_id, frame)
+    }
+
+    fn moderate(&self, from: &str, to: &str, content: &str) -> Moderation {
+        (**self).moderate(from, to, content)
+    }
+
+    fn may_join(&self, user_id: &str, room: &str) -> bool {
+        (**self).may_join(user_id, room)
     }
 }

@@ -52,11 +52,21 @@ pub enum RejectReason {
     ReadTimeout,
     /// The peer did not take our frames within the read timeout.
     WriteTimeout,
+    /// A message the receiver's block list or the moderation hook refused (403).
+    Refused,
+    /// A room message from a user who is not a member (404).
+    NotMember,
+    /// A malformed room request (400), or one refused with another code.
+    BadRoomRequest,
+    /// The store could not be written (503): nothing was stored or delivered.
+    StoreFailed,
+    /// The receiver's offline box is full (507).
+    OfflineBoxFull,
 }
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectReason; 19] = [
+    pub const ALL: [RejectReason; 24] = [
         Self::WrongPath,
         Self::NotWebSocket,
         Self::BadHandshake,
@@ -76,6 +86,11 @@ impl RejectReason {
         Self::OutboundQueueFull,
         Self::ReadTimeout,
         Self::WriteTimeout,
+        Self::Refused,
+        Self::NotMember,
+        Self::BadRoomRequest,
+        Self::StoreFailed,
+        Self::OfflineBoxFull,
     ];
 
     /// The metric label.
@@ -100,6 +115,11 @@ impl RejectReason {
             Self::OutboundQueueFull => "outbound_queue_full",
             Self::ReadTimeout => "read_timeout",
             Self::WriteTimeout => "write_timeout",
+            Self::Refused => "refused",
+            Self::NotMember => "not_member",
+            Self::BadRoomRequest => "bad_room_request",
+            Self::StoreFailed => "store_failed",
+            Self::OfflineBoxFull => "offline_box_full",
         }
     }
 
@@ -169,7 +189,7 @@ pub(crate) struct Metrics {
     pub qos_lost: AtomicU64,
     frames_in: [AtomicU64; 8],
     frames_out: [AtomicU64; 9],
-    rejected: [AtomicU64; 19],
+    rejected: [AtomicU64; 24],
 }
 
 impl Metrics {

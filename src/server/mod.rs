@@ -77,15 +77,19 @@ mod config;
 mod handshake;
 mod hooks;
 mod metrics;
+mod rooms;
 mod serve;
 mod session;
 mod state;
+mod store;
 
 pub use background::{RunningServer, spawn_background};
 pub use config::{PemSource, RateLimit, S2cQosConfig, ServerConfig, TlsConfig};
-pub use hooks::{AcceptAll, LogoutReason, ServerHooks};
+pub use hooks::{AcceptAll, LogoutReason, Moderation, ServerHooks};
 pub use metrics::{MetricsSnapshot, RejectReason};
+pub use rooms::RoomsConfig;
 pub use serve::{PushError, Server, ServerHandle};
+pub use store::{Store, StoreConfig, StoreError, StoreHandle, StorePath, StoredMessage};
 
 /// The `errorCode` of the error frame (type 52) that answers a frame over the rate
 /// limit. Outside the seed's code table (0–4, 201–205, 301); 429 as in HTTP's

@@ -15,8 +15,9 @@ use super::config::{ServerConfig, TlsConfig};
 use super::hooks::ServerHooks;
 use super::metrics::{MetricsSnapshot, RejectReason, serve_metrics};
 use super::session::{self, ConnectionGuard};
-use super::state::{Command, DeliverError, Outgoing, Shared};
-use crate::protocol::{Frame, KickoutCode, ServerKind};
+use super::state::{Command, DeliverError, Shared};
+use super::store::StoreHandle;
+use crate::protocol::{Frame, KickoutCode};
 
 /// Why [`ServerHandle::push`] could not hand a frame to a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -106,12 +107,26 @@ impl Server {
             .as_ref()
             .map(TcpListener::local_addr)
             .transpose()?;
+        let store = StoreHandle::open(&config.store, config.store_limits.clone())
+            .map_err(io::Error::other)?;
+        let private = store.private_rooms().await.map_err(io::Error::other)?;
         let shared = Arc::new(Shared::new(
             config,
             Box::new(hooks),
             local_addr,
             metrics_addr,
+            store,
         ));
+        {
+            // Private rooms and their members survive a restart.
+            let mut state = shared.lock();
+            for (room, members) in private {
+                state.rooms.create(&room, true, None);
+                for user in members {
+                    state.rooms.restore_member(&room, &user);
+                }
+            }
+        }
         Ok(Self {
             shared,
             listener,
@@ -247,6 +262,21 @@ async fn qos_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
         let (lost, next) = shared.run_qos_deadlines(Instant::now());
+        // Rooms: members whose grace period ended are removed.
+        let rooms_next = {
+            let mut state = shared.lock();
+            let now = shared.uptime(Instant::now());
+            let notices = state.rooms.tick(now);
+            shared.notify(&mut state, notices);
+            state
+                .rooms
+                .next_deadline()
+                .map(|at| Instant::now() + at.saturating_sub(now))
+        };
+        let next = match (next, rooms_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         for (user, frame) in lost {
             tracing::debug!(%user, fp = ?frame.fp, "server-to-client QoS frame lost");
             // A panicking hook must not stop every other user's resends.
@@ -320,32 +350,44 @@ impl ServerHandle {
             .encode_with_limit(self.shared.config.max_frame_bytes)
             .map_err(|_| PushError::TooLarge)?;
         let mut state = self.shared.lock();
-        let session = state
-            .online
-            .get(user)
-            .map(|r| r.session)
-            .ok_or(PushError::NotOnline)?;
-        if qos && !self.shared.pending_has_room(&state, user) {
-            self.shared.metrics.reject(RejectReason::PendingS2cFull);
-            return Err(PushError::TooManyPending);
-        }
-        let out = Outgoing {
-            text: text.clone(),
-            kind: ServerKind::Data,
-        };
-        match self.shared.send_to_session(&state, session, out) {
+        match self.shared.deliver(&mut state, user, &frame, text, None) {
             Ok(()) => {}
             Err(DeliverError::NotOnline) => return Err(PushError::NotOnline),
             Err(DeliverError::Refused(r)) => {
                 self.shared.metrics.reject(r);
-                return Err(PushError::QueueFull);
+                return Err(match r {
+                    RejectReason::PendingS2cFull => PushError::TooManyPending,
+                    _ => PushError::QueueFull,
+                });
             }
         }
         let fp = frame.fp.clone();
-        if qos {
-            self.shared.add_pending(&mut state, user, frame, text);
-        }
         Ok(fp)
+    }
+
+    /// Creates (or updates) room `name`: kept when empty; a `private` room lets in only
+    /// the users [`ServerHooks::may_join`] allows, and its members are stored (they
+    /// survive a restart); `cap` overrides the member cap.
+    ///
+    /// # Errors
+    /// [`RoomNameError`](crate::protocol::RoomNameError) for an invalid name.
+    pub async fn create_room(
+        &self,
+        name: &str,
+        private: bool,
+        cap: Option<usize>,
+    ) -> Result<(), crate::protocol::RoomNameError> {
+        crate::protocol::validate_room_name(name)?;
+        self.shared.lock().rooms.create(name, private, cap);
+        if let Err(e) = self.shared.store.set_private(name, private).await {
+            tracing::warn!(room = name, "room not stored: {e}");
+        }
+        Ok(())
+    }
+
+    /// Every room with its members and their presence, by name.
+    pub fn rooms(&self) -> Vec<(String, Vec<crate::protocol::Member>)> {
+        self.shared.lock().rooms.snapshot()
     }
 
     /// Kicks every socket logged in as `user` (kickout code 2, `KICKOUT_FOR_ADMIN`,

@@ -22,11 +22,14 @@ use super::{ERROR_INVALID_FRAME, ERROR_RATE_LIMITED, MAX_FINGERPRINT_BYTES};
 const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
 use super::handshake::{Handshake, upgrade};
 use super::hooks::LogoutReason;
+use super::hooks::Moderation;
 use super::metrics::{Metrics, RejectReason, out_index};
 use super::state::{Command, DeliverError, Outgoing, Registered, SessionEntry, SessionId, Shared};
+use super::store::{StoreError, StoredMessage};
 use crate::protocol::{
-    ClientKind, ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse,
-    ResultCode, ServerKind, decode_body,
+    ClientKind, ErrorResponse, Frame, HistoryMessage, KickoutCode, KickoutInfo, LoginInfo,
+    LoginResponse, Member, ROOM_PREFIX, ResultCode, RoomOp, RoomReply, RoomRequest, ServerKind,
+    decode_body, ext, room_address, room_code, room_of_address, validate_room_name,
 };
 
 /// The close reason upstream writes on every close it makes.
@@ -39,9 +42,9 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// A per-connection token bucket.
+/// A token bucket: per connection, or per user in the shared state.
 #[derive(Debug)]
-struct TokenBucket {
+pub(crate) struct TokenBucket {
     tokens: f64,
     capacity: f64,
     per_second: f64,
@@ -49,7 +52,16 @@ struct TokenBucket {
 }
 
 impl TokenBucket {
-    fn take(&mut self, now: Instant) -> bool {
+    pub(crate) fn new(limit: super::RateLimit, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(limit.burst.max(1)),
+            capacity: f64::from(limit.burst.max(1)),
+            per_second: f64::from(limit.per_second),
+            last: now,
+        }
+    }
+
+    pub(crate) fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * self.per_second).min(self.capacity);
@@ -100,16 +112,33 @@ pub(crate) struct Session {
     first_login_time: i64,
     bucket: Option<TokenBucket>,
     out: Vec<Outgoing>,
+    /// Work that waits for the store, run before this frame's replies are written.
+    jobs: Vec<Job>,
+}
+
+/// Work of a frame that waits for the store (`Session::run_jobs`).
+enum Job {
+    /// Store a room message, then fan it out and ACK it.
+    RoomMessage { room: String, frame: Frame },
+    /// Store a QoS message for a user who is not online, then ACK it as stored.
+    Offline { to: String, frame: Frame },
+    /// Send what waited in the user's offline box.
+    DeliverOffline,
+    /// Answer a join with the history it brings (and store a private membership).
+    JoinReply {
+        request: RoomRequest,
+        members: Vec<Member>,
+        private: bool,
+    },
+    /// Answer a history request.
+    History(RoomRequest),
+    /// Forget a private room's member.
+    LeavePrivate(String),
 }
 
 impl Session {
     fn new(id: SessionId, shared: Arc<Shared>, now: Instant) -> Self {
-        let bucket = shared.config.rate_limit.map(|r| TokenBucket {
-            tokens: f64::from(r.burst.max(1)),
-            capacity: f64::from(r.burst.max(1)),
-            per_second: f64::from(r.per_second),
-            last: now,
-        });
+        let bucket = shared.config.rate_limit.map(|r| TokenBucket::new(r, now));
         Self {
             id,
             shared,
@@ -117,6 +146,7 @@ impl Session {
             first_login_time: 0,
             bucket,
             out: Vec::new(),
+            jobs: Vec::new(),
         }
     }
 
@@ -192,6 +222,22 @@ impl Session {
         };
         let kind = frame.client_kind();
         shared.metrics.frame_in(kind);
+        // The per-user limit: shared by all of the user's sockets.
+        if let (Some(user), Some(limit), ClientKind::Data | ClientKind::Room) =
+            (&self.user, shared.config.user_rate_limit, kind)
+        {
+            let allowed = shared
+                .lock()
+                .user_buckets
+                .entry(user.clone())
+                .or_insert_with(|| TokenBucket::new(limit, now))
+                .take(now);
+            if !allowed {
+                shared.metrics.reject(RejectReason::RateLimited);
+                self.push_error(ERROR_RATE_LIMITED, text);
+                return Step::Continue;
+            }
+        }
         match kind {
             ClientKind::Login => self.login(&frame),
             ClientKind::Echo => {
@@ -209,13 +255,19 @@ impl Session {
                 Step::Continue
             }
             ClientKind::Logout => Step::bye(LogoutReason::Logout),
-            ClientKind::Room | ClientKind::Other(_) => {
+            ClientKind::Room if !shared.config.extensions => {
                 let ty = frame.ty;
                 tracing::debug!(session = self.id, ty, "ignoring an unsupported type");
                 shared.metrics.reject(RejectReason::UnknownType);
                 Step::Continue
             }
-            ClientKind::KeepAlive | ClientKind::Data | ClientKind::Ack => {
+            ClientKind::Other(_) => {
+                let ty = frame.ty;
+                tracing::debug!(session = self.id, ty, "ignoring an unsupported type");
+                shared.metrics.reject(RejectReason::UnknownType);
+                Step::Continue
+            }
+            ClientKind::KeepAlive | ClientKind::Data | ClientKind::Ack | ClientKind::Room => {
                 let Some(user) = self.user.clone() else {
                     shared.metrics.reject(RejectReason::NotLoggedIn);
                     self.push_error(ResultCode::ResponseForUnlogin.code(), &frame.to_json());
@@ -224,9 +276,24 @@ impl Session {
                 match kind {
                     ClientKind::KeepAlive => self.keepalive(&user),
                     ClientKind::Data => self.data(&user, frame, now),
+                    ClientKind::Room => self.room_request(&user, &frame),
                     _ => {
-                        let mut state = shared.lock();
-                        shared.ack_pending(&mut state, &user, frame.content());
+                        let acked = {
+                            let mut state = shared.lock();
+                            shared.ack_pending(&mut state, &user, frame.content())
+                        };
+                        // A message from the offline box leaves it once ACKed.
+                        if let Some(acked) = acked
+                            && let Some(mid) = acked.mid
+                            && !acked.to_id().starts_with(ROOM_PREFIX)
+                        {
+                            let done = shared.store.offline_remove(&user, mid);
+                            tokio::spawn(async move {
+                                if let Err(e) = done.await {
+                                    tracing::warn!("offline message not removed: {e}");
+                                }
+                            });
+                        }
                     }
                 }
                 Step::Continue
@@ -241,6 +308,10 @@ impl Session {
             // "0" is the server: a user with that id could pass for it.
             Ok(info) if info.login_user_id == crate::protocol::SERVER_ID => {
                 Err("loginUserId \"0\" is the server's".to_owned())
+            }
+            // Room addresses start with '#': no user may look like one.
+            Ok(info) if info.login_user_id.starts_with(ROOM_PREFIX) => {
+                Err("loginUserId may not start with '#'".to_owned())
             }
             Ok(info) => Ok(info),
             Err(e) => Err(e.to_string()),
@@ -276,7 +347,7 @@ impl Session {
                 &LoginResponse {
                     code: 0,
                     first_login_time: t,
-                    ext: Vec::new(),
+                    ext: served_extensions(&shared.config),
                 },
             );
             self.push(&reply, ServerKind::LoginResponse);
@@ -311,7 +382,7 @@ impl Session {
             &LoginResponse {
                 code: 0,
                 first_login_time: t,
-                ext: Vec::new(),
+                ext: served_extensions(&shared.config),
             },
         );
         self.push(&reply, ServerKind::LoginResponse);
@@ -384,6 +455,13 @@ impl Session {
             self.push(&kick, ServerKind::Kickout);
             return Step::bye(LogoutReason::Kicked(KickoutCode::DuplicateLogin));
         }
+        {
+            // Back within the grace period: shown online again in its rooms.
+            let mut state = shared.lock();
+            let notices = state.rooms.came_online(&user);
+            shared.notify(&mut state, notices);
+        }
+        self.jobs.push(Job::DeliverOffline);
         Step::Continue
     }
 
@@ -445,6 +523,35 @@ impl Session {
             shared.hooks.on_c2s_message(&frame);
             return;
         }
+        // The social extension: stored resends, rooms, block lists, moderation.
+        if shared.config.extensions {
+            // A resend of a message already stored (its ACK was lost): the same ACK again.
+            if let Some(fp) = &qos_fp {
+                let ack = shared.lock().recent_acks.get(user, fp).cloned();
+                if let Some(ack) = ack {
+                    Metrics::inc(&shared.metrics.c2s_duplicates);
+                    self.push(&ack, ServerKind::Ack);
+                    return;
+                }
+            }
+            if let Some(room) = room_of_address(&to) {
+                let room = room.to_owned();
+                return self.room_message(user, room, frame);
+            }
+            let blocked = shared
+                .lock()
+                .blocks
+                .get(&to)
+                .is_some_and(|b| b.contains(user));
+            if blocked {
+                shared.metrics.reject(RejectReason::Refused);
+                self.push_error(room_code::FORBIDDEN, &frame.to_json());
+                return;
+            }
+            if !self.moderate(user, &to, &mut frame) {
+                return;
+            }
+        }
         // Rewriting `from` (and writing the fields the sender left out) can push a
         // frame over the limit; the receiver's link would be closed by it.
         let Ok(text) = frame.encode_with_limit(shared.config.max_frame_bytes) else {
@@ -457,36 +564,31 @@ impl Session {
         };
         let delivered = {
             let mut state = shared.lock();
-            match state.online.get(&to).map(|r| r.session) {
-                None => Err(DeliverError::NotOnline),
-                Some(_) if qos_fp.is_some() && !shared.pending_has_room(&state, &to) => {
-                    Err(DeliverError::Refused(RejectReason::PendingS2cFull))
-                }
-                Some(s) => {
-                    let out = Outgoing {
-                        text: text.clone(),
-                        kind: ServerKind::Data,
-                    };
-                    let sent = if s == self.id {
-                        self.out.push(out);
-                        Ok(())
-                    } else {
-                        shared.send_to_session(&state, s, out)
-                    };
-                    if sent.is_ok() && qos_fp.is_some() {
-                        shared.add_pending(&mut state, &to, frame.clone(), text);
-                    }
-                    sent
-                }
-            }
+            shared.deliver(
+                &mut state,
+                &to,
+                &frame,
+                text,
+                Some((self.id, &mut self.out)),
+            )
         };
         let relay_ack = match delivered {
-            Ok(()) => true,
+            Ok(()) => {
+                self.keep_pair_history(user, &to, &frame);
+                true
+            }
             Err(e) => {
                 if let DeliverError::Refused(r) = e {
                     shared.metrics.reject(r);
                 }
-                shared.hooks.on_offline_message(&frame)
+                let host_stored = shared.hooks.on_offline_message(&frame);
+                let offline_box = shared.config.extensions && e == DeliverError::NotOnline;
+                if !host_stored && offline_box && qos_fp.is_some() {
+                    // Stored in the receiver's offline box; the ACK waits for the commit.
+                    self.jobs.push(Job::Offline { to, frame });
+                    return;
+                }
+                host_stored
             }
         };
         if relay_ack && let Some(fp) = &qos_fp {
@@ -494,6 +596,461 @@ impl Session {
             let ack = Frame::server_ack(dialect, &to, user, fp);
             self.push(&ack, ServerKind::Ack);
         }
+    }
+}
+
+impl Session {
+    /// Asks the moderation hook about a message; false when it was refused (the
+    /// sender has its error frame).
+    fn moderate(&mut self, user: &str, to: &str, frame: &mut Frame) -> bool {
+        match self.shared.hooks.moderate(user, to, frame.content()) {
+            Moderation::Pass => true,
+            Moderation::Rewrite(text) => {
+                frame.data_content = Some(text);
+                true
+            }
+            Moderation::Refuse => {
+                self.shared.metrics.reject(RejectReason::Refused);
+                self.push_error(room_code::FORBIDDEN, &frame.to_json());
+                false
+            }
+        }
+    }
+
+    /// Keeps a relayed direct message in the pair's history, without holding the
+    /// relay up: history is a record, the message itself is already on its way.
+    fn keep_pair_history(&self, user: &str, to: &str, frame: &Frame) {
+        let shared = self.shared.clone();
+        if !shared.config.direct_history || !shared.config.extensions {
+            return;
+        }
+        let write = shared.store.append_pair(
+            user,
+            to,
+            user,
+            frame.content(),
+            frame.typeu,
+            frame.fp.as_deref(),
+            now_ms(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = write.await {
+                shared.metrics.reject(RejectReason::StoreFailed);
+                tracing::warn!("direct history not stored: {e}");
+            }
+        });
+    }
+
+    /// A data frame to a room: members only; stored, then fanned out and ACKed.
+    fn room_message(&mut self, user: &str, room: String, mut frame: Frame) {
+        let shared = self.shared.clone();
+        let member =
+            validate_room_name(&room).is_ok() && shared.lock().rooms.is_member(&room, user);
+        if !member {
+            shared.metrics.reject(RejectReason::NotMember);
+            self.push_error(room_code::NOT_FOUND, &frame.to_json());
+            return;
+        }
+        let to = frame.to_id().to_owned();
+        if !self.moderate(user, &to, &mut frame) {
+            return;
+        }
+        // The copies carry `sm` and `mid`: make sure they still fit the frame limit.
+        let mut copy = frame.clone();
+        copy.sm = i64::MAX;
+        copy.mid = Some(i64::MAX);
+        if copy
+            .encode_with_limit(shared.config.max_frame_bytes)
+            .is_err()
+        {
+            shared.metrics.reject(RejectReason::FrameTooLarge);
+            self.push_error(
+                ERROR_INVALID_FRAME,
+                "the room's copy would exceed the frame limit",
+            );
+            return;
+        }
+        self.jobs.push(Job::RoomMessage { room, frame });
+    }
+
+    fn reply(&mut self, user: &str, reply: &RoomReply) {
+        if reply.code != room_code::OK {
+            self.shared.metrics.reject(RejectReason::BadRoomRequest);
+        }
+        let frame = Frame::room_reply(user, reply);
+        self.push(&frame, ServerKind::Room);
+    }
+
+    /// A room request (type 100): answered here, or by a job once the store answered.
+    fn room_request(&mut self, user: &str, frame: &Frame) {
+        let shared = self.shared.clone();
+        let request: RoomRequest = match decode_body(frame.data_content.as_deref()) {
+            Ok(r) => r,
+            Err(e) => {
+                let mut reply = RoomReply::to(&RoomRequest::new(0, RoomOp::Unknown), 400);
+                reply.req = None;
+                return self.reply(user, &reply.msg(e.to_string()));
+            }
+        };
+        let fail = |code: i32, msg: &str| RoomReply::to(&request, code).msg(msg);
+        let room = match request.op {
+            RoomOp::Join | RoomOp::Leave | RoomOp::Members => match request.room.as_deref() {
+                Some(r) if validate_room_name(r).is_ok() => Some(r.to_owned()),
+                Some(r) => {
+                    let why = validate_room_name(r).err().map(|e| e.to_string());
+                    return self.reply(user, &fail(400, &why.unwrap_or_default()));
+                }
+                None => return self.reply(user, &fail(400, "a room is required")),
+            },
+            _ => None,
+        };
+        match request.op {
+            RoomOp::Join => {
+                let room = room.unwrap_or_default();
+                let hooks = &shared.hooks;
+                let mut state = shared.lock();
+                let private = state.rooms.is_private(&room);
+                match state
+                    .rooms
+                    .join(user, &room, || hooks.may_join(user, &room))
+                {
+                    Ok((members, notices)) => {
+                        shared.notify(&mut state, notices);
+                        drop(state);
+                        self.jobs.push(Job::JoinReply {
+                            request,
+                            members,
+                            private,
+                        });
+                    }
+                    Err(code) => {
+                        drop(state);
+                        let msg = match code {
+                            room_code::FULL => "the room is full",
+                            _ => "the room is private",
+                        };
+                        self.reply(user, &fail(code, msg));
+                    }
+                }
+            }
+            RoomOp::Leave => {
+                let room = room.unwrap_or_default();
+                let mut state = shared.lock();
+                let private = state.rooms.is_private(&room);
+                match state.rooms.leave(user, &room) {
+                    Ok(notices) => {
+                        shared.notify(&mut state, notices);
+                        drop(state);
+                        if private {
+                            self.jobs.push(Job::LeavePrivate(room));
+                        }
+                        self.reply(user, &RoomReply::to(&request, 0));
+                    }
+                    Err(code) => {
+                        drop(state);
+                        self.reply(user, &fail(code, "not a member of the room"));
+                    }
+                }
+            }
+            RoomOp::Members => {
+                let members = shared.lock().rooms.members(&room.unwrap_or_default());
+                match members {
+                    Some(members) => {
+                        let mut reply = RoomReply::to(&request, 0);
+                        reply.members = members;
+                        self.reply(user, &reply);
+                    }
+                    None => self.reply(user, &fail(404, "no such room")),
+                }
+            }
+            RoomOp::Rooms => {
+                let mut reply = RoomReply::to(&request, 0);
+                reply.rooms = shared.lock().rooms.list();
+                self.reply(user, &reply);
+            }
+            RoomOp::History => {
+                if request
+                    .limit
+                    .is_some_and(|l| l == 0 || l > MAX_HISTORY_PAGE)
+                {
+                    let msg = format!("limit must be 1 to {MAX_HISTORY_PAGE}");
+                    return self.reply(user, &fail(400, &msg));
+                }
+                if request.before.is_some_and(|b| b <= 0) {
+                    return self.reply(user, &fail(400, "before must be a message id"));
+                }
+                match (&request.room, &request.peer) {
+                    (Some(room), None) => {
+                        if validate_room_name(room).is_err() {
+                            return self.reply(user, &fail(400, "bad room name"));
+                        }
+                        if !shared.lock().rooms.is_member(room, user) {
+                            return self.reply(user, &fail(404, "not a member of the room"));
+                        }
+                    }
+                    (None, Some(peer)) if !peer.is_empty() && !peer.starts_with(ROOM_PREFIX) => {}
+                    _ => return self.reply(user, &fail(400, "a room or a peer is required")),
+                }
+                self.jobs.push(Job::History(request));
+            }
+            RoomOp::Block | RoomOp::Unblock => {
+                let Some(other) = request.user.clone().filter(|u| !u.is_empty()) else {
+                    return self.reply(user, &fail(400, "a user is required"));
+                };
+                {
+                    let mut state = shared.lock();
+                    let blocks = state.blocks.entry(user.to_owned()).or_default();
+                    if request.op == RoomOp::Block {
+                        blocks.insert(other);
+                    } else {
+                        blocks.remove(&other);
+                    }
+                }
+                self.reply(user, &RoomReply::to(&request, 0));
+            }
+            _ => self.reply(user, &fail(400, "unknown op")),
+        }
+    }
+
+    /// Runs the frame's store work in order, queueing the replies it brings.
+    pub(crate) async fn run_jobs(&mut self) {
+        let Some(user) = self.user.clone() else {
+            self.jobs.clear();
+            return;
+        };
+        for job in std::mem::take(&mut self.jobs) {
+            match job {
+                Job::RoomMessage { room, frame } => {
+                    self.store_room_message(&user, room, frame).await
+                }
+                Job::Offline { to, frame } => self.store_offline(&user, &to, frame).await,
+                Job::DeliverOffline => self.deliver_offline(&user).await,
+                Job::JoinReply {
+                    request,
+                    members,
+                    private,
+                } => self.join_reply(&user, request, members, private).await,
+                Job::History(request) => self.history_reply(&user, request).await,
+                Job::LeavePrivate(room) => {
+                    if let Err(e) = self.shared.store.remove_member(&room, &user).await {
+                        self.shared.metrics.reject(RejectReason::StoreFailed);
+                        tracing::warn!("private membership not removed: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn store_room_message(&mut self, user: &str, room: String, mut frame: Frame) {
+        let shared = self.shared.clone();
+        let stored = shared
+            .store
+            .append_room(
+                &room,
+                user,
+                frame.content(),
+                frame.typeu,
+                frame.fp.as_deref(),
+                now_ms(),
+            )
+            .await;
+        let stored = match stored {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(%room, "room message not stored: {e}");
+                shared.metrics.reject(RejectReason::StoreFailed);
+                return self.push_error(room_code::STORE_FAILED, &frame.to_json());
+            }
+        };
+        frame.sm = stored.ts_ms;
+        frame.mid = Some(stored.mid);
+        let text = frame.to_json();
+        {
+            let mut state = shared.lock();
+            for member in state.rooms.recipients(&room, user) {
+                // A member whose socket cannot take it now finds it in the history.
+                if let Err(DeliverError::Refused(r)) =
+                    shared.deliver(&mut state, &member, &frame, text.clone(), None)
+                {
+                    shared.metrics.reject(r);
+                }
+            }
+        }
+        if let Some(fp) = frame.fp.as_deref().filter(|_| frame.qos) {
+            let mut ack = Frame::server_ack(self.dialect(), &room_address(&room), user, fp);
+            ack.mid = Some(stored.mid);
+            shared.lock().recent_acks.insert(user, fp, ack.clone());
+            self.push(&ack, ServerKind::Ack);
+        }
+    }
+
+    async fn store_offline(&mut self, user: &str, to: &str, frame: Frame) {
+        let shared = self.shared.clone();
+        let stored = shared
+            .store
+            .offline_push(
+                to,
+                user,
+                frame.content(),
+                frame.typeu,
+                frame.fp.as_deref(),
+                now_ms(),
+            )
+            .await;
+        match stored {
+            Ok(m) => {
+                let fp = frame.fp.as_deref().unwrap_or_default();
+                let mut ack = Frame::server_ack(self.dialect(), to, user, fp);
+                ack.mid = Some(m.mid);
+                ack.stored = true;
+                shared.lock().recent_acks.insert(user, fp, ack.clone());
+                self.push(&ack, ServerKind::Ack);
+            }
+            Err(StoreError::BoxFull { .. }) => {
+                shared.metrics.reject(RejectReason::OfflineBoxFull);
+                self.push_error(room_code::BOX_FULL, &frame.to_json());
+            }
+            Err(e) => {
+                tracing::warn!(%to, "offline message not stored: {e}");
+                shared.metrics.reject(RejectReason::StoreFailed);
+                self.push_error(room_code::STORE_FAILED, &frame.to_json());
+            }
+        }
+    }
+
+    /// What waited in `user`'s offline box, oldest first, with QoS; each leaves the
+    /// box when the user ACKs it (it stays for the next login otherwise).
+    async fn deliver_offline(&mut self, user: &str) {
+        let shared = self.shared.clone();
+        let waiting = match shared.store.offline_for(user, now_ms()).await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(%user, "offline box not read: {e}");
+                shared.metrics.reject(RejectReason::StoreFailed);
+                return;
+            }
+        };
+        let mut state = shared.lock();
+        for m in waiting {
+            let mut frame = Frame::data(&m.from, user, m.content, true, m.fp, m.typeu);
+            frame.sm = m.ts_ms;
+            frame.mid = Some(m.mid);
+            let text = frame.to_json();
+            if let Err(DeliverError::Refused(r)) = shared.deliver(
+                &mut state,
+                user,
+                &frame,
+                text,
+                Some((self.id, &mut self.out)),
+            ) {
+                // Left in the box for the next login.
+                shared.metrics.reject(r);
+                break;
+            }
+        }
+    }
+
+    async fn join_reply(
+        &mut self,
+        user: &str,
+        request: RoomRequest,
+        members: Vec<Member>,
+        private: bool,
+    ) {
+        let shared = self.shared.clone();
+        let room = request.room.clone().unwrap_or_default();
+        if private && let Err(e) = shared.store.add_member(&room, user).await {
+            tracing::warn!(%room, "private membership not stored: {e}");
+            shared.metrics.reject(RejectReason::StoreFailed);
+        }
+        let limit = shared.config.rooms.history_on_join;
+        let mut reply = RoomReply::to(&request, 0);
+        reply.members = members;
+        match shared
+            .store
+            .room_history(&room, None, request.after, limit)
+            .await
+        {
+            Ok((messages, more)) => {
+                reply.messages = messages.into_iter().map(history_message).collect();
+                reply.more = more;
+            }
+            Err(e) => {
+                // Joined all the same; the history is what could not be read.
+                tracing::warn!(%room, "history not read: {e}");
+                shared.metrics.reject(RejectReason::StoreFailed);
+                reply.code = room_code::STORE_FAILED;
+                reply.msg = Some(format!("joined, but the history could not be read: {e}"));
+            }
+        }
+        self.reply(user, &reply);
+    }
+
+    async fn history_reply(&mut self, user: &str, request: RoomRequest) {
+        let shared = self.shared.clone();
+        let limit = request.limit.unwrap_or(DEFAULT_HISTORY_PAGE) as usize;
+        let page = match (&request.room, &request.peer) {
+            (Some(room), _) => {
+                shared
+                    .store
+                    .room_history(room, request.before, None, limit)
+                    .await
+            }
+            (None, Some(peer)) => {
+                shared
+                    .store
+                    .pair_history(user, peer, request.before, limit)
+                    .await
+            }
+            (None, None) => Ok((Vec::new(), false)),
+        };
+        let reply = match page {
+            Ok((messages, more)) => {
+                let mut reply = RoomReply::to(&request, 0);
+                reply.messages = messages.into_iter().map(history_message).collect();
+                reply.more = more;
+                reply
+            }
+            Err(e) => {
+                shared.metrics.reject(RejectReason::StoreFailed);
+                RoomReply::to(&request, room_code::STORE_FAILED).msg(e.to_string())
+            }
+        };
+        self.reply(user, &reply);
+    }
+}
+
+/// The largest history page a client may ask for.
+const MAX_HISTORY_PAGE: u32 = 100;
+
+/// The history page size when the client names none.
+const DEFAULT_HISTORY_PAGE: u32 = 50;
+
+/// The extensions this server serves (its login reply's `ext`).
+fn served_extensions(config: &super::ServerConfig) -> Vec<String> {
+    if !config.extensions {
+        return Vec::new();
+    }
+    [
+        ext::ROOMS,
+        ext::PRESENCE,
+        ext::HISTORY,
+        ext::OFFLINE,
+        ext::BLOCK,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn history_message(m: StoredMessage) -> HistoryMessage {
+    HistoryMessage {
+        mid: m.mid,
+        ts: m.ts_ms,
+        from: m.from,
+        to: m.to,
+        content: m.content,
+        typeu: m.typeu,
+        fp: m.fp,
     }
 }
 
@@ -565,6 +1122,22 @@ impl Drop for SessionCleanup {
     fn drop(&mut self) {
         self.unroute();
         if let Some(Some(user)) = self.unrouted.take() {
+            {
+                // Rooms: a logout leaves them; anything else shows the user offline
+                // for the grace period, unless another socket already took over.
+                let mut state = self.shared.lock();
+                if !state.online.contains_key(&user) {
+                    state.user_buckets.remove(&user);
+                    let notices = if self.end == LogoutReason::Logout {
+                        state.rooms.logged_out(&user)
+                    } else {
+                        let now = self.shared.uptime(Instant::now());
+                        state.rooms.went_offline(&user, now)
+                    };
+                    self.shared.notify(&mut state, notices);
+                    self.shared.qos_wake.notify_one();
+                }
+            }
             self.shared.hooks.on_logout(&user, self.end);
         }
     }
@@ -825,6 +1398,7 @@ async fn serve_socket<S>(
                     }
                     Some(Err(_)) => break,
                 };
+                session.run_jobs().await;
                 let out: Vec<Outgoing> = session.out.drain(..).collect();
                 if !write_out(&mut ws, &shared, out).await {
                     break;

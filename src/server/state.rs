@@ -2,7 +2,7 @@
 //! QoS frames with their deadlines, and the client-to-server dedup window.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,6 +14,8 @@ use tokio::time::Instant;
 use super::config::ServerConfig;
 use super::hooks::ServerHooks;
 use super::metrics::{Metrics, MetricsSnapshot, RejectReason};
+use super::rooms::{Notice, Rooms};
+use super::store::StoreHandle;
 use crate::client::{DedupConfig, QosReceiveFilter};
 use crate::protocol::{Frame, KickoutCode, ServerKind};
 
@@ -110,6 +112,36 @@ impl Dedup {
     }
 }
 
+/// The ACKs of recently stored messages (room and offline), by sender and
+/// fingerprint: a resend whose ACK was lost is answered with the same ACK (the same
+/// `mid`) instead of being stored twice. Bounded: the oldest are forgotten first.
+#[derive(Debug, Default)]
+pub(crate) struct RecentAcks {
+    acks: HashMap<(String, String), Frame>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl RecentAcks {
+    /// How many ACKs are remembered.
+    const CAPACITY: usize = 20_000;
+
+    pub fn get(&self, user: &str, fp: &str) -> Option<&Frame> {
+        self.acks.get(&(user.to_owned(), fp.to_owned()))
+    }
+
+    pub fn insert(&mut self, user: &str, fp: &str, ack: Frame) {
+        let key = (user.to_owned(), fp.to_owned());
+        if self.acks.insert(key.clone(), ack).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.acks.remove(&old);
+            }
+        }
+    }
+}
+
 /// The state behind the lock.
 #[derive(Debug)]
 pub(crate) struct State {
@@ -119,6 +151,14 @@ pub(crate) struct State {
     deadlines: BinaryHeap<Reverse<Deadline>>,
     next_seq: u64,
     pub dedup: Dedup,
+    /// Rooms, memberships and presence.
+    pub rooms: Rooms,
+    /// For each user, the users whose direct messages they refuse.
+    pub blocks: HashMap<String, HashSet<String>>,
+    /// The per-user rate limit's buckets, while the user is online.
+    pub user_buckets: HashMap<String, super::session::TokenBucket>,
+    /// ACKs of stored messages, for resends.
+    pub recent_acks: RecentAcks,
 }
 
 /// Why a frame could not be handed to a user's socket.
@@ -142,6 +182,10 @@ pub(crate) struct Shared {
     /// Set once `serve` has started, so a shutdown knows whether to wait for it.
     pub serving: AtomicBool,
     next_session: AtomicU64,
+    /// History, offline boxes and private rooms.
+    pub store: StoreHandle,
+    /// The zero of the rooms' clock.
+    started: Instant,
 }
 
 impl Shared {
@@ -150,9 +194,13 @@ impl Shared {
         hooks: Box<dyn ServerHooks>,
         local_addr: SocketAddr,
         metrics_addr: Option<SocketAddr>,
+        store: StoreHandle,
     ) -> Self {
         let dedup = Dedup::new(config.c2s_dedup_window, config.c2s_dedup_max_entries);
+        let rooms = Rooms::new(config.rooms);
         Self {
+            store,
+            started: Instant::now(),
             config,
             hooks,
             metrics: Metrics::default(),
@@ -163,6 +211,10 @@ impl Shared {
                 deadlines: BinaryHeap::new(),
                 next_seq: 0,
                 dedup,
+                rooms,
+                blocks: HashMap::new(),
+                user_buckets: HashMap::new(),
+                recent_acks: RecentAcks::default(),
             }),
             qos_wake: Notify::new(),
             shutdown: watch::Sender::new(false),
@@ -177,6 +229,25 @@ impl Shared {
     /// The state, never poisoned: no code panics while holding it.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Time since the server started: the rooms' clock.
+    pub fn uptime(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.started)
+    }
+
+    /// Sends every room event to its member (no QoS: members re-read the list on
+    /// re-join). A member whose socket cannot take it misses it.
+    pub fn notify(&self, state: &mut State, notices: Vec<Notice>) {
+        for notice in notices {
+            let frame = Frame::room_reply(&notice.to, &notice.reply);
+            let text = frame.to_json();
+            if let Err(DeliverError::Refused(r)) =
+                self.deliver(state, &notice.to, &frame, text, None)
+            {
+                self.metrics.reject(r);
+            }
+        }
     }
 
     pub fn next_session_id(&self) -> SessionId {
@@ -211,6 +282,43 @@ impl Shared {
             entry.queued.fetch_sub(1, Ordering::Relaxed);
             DeliverError::NotOnline
         })
+    }
+
+    /// The one way a frame reaches a user's socket: relays, pushes, room fan-out,
+    /// room events and offline delivery all come here. Looks the user up, checks the
+    /// receiver's bounds, queues the frame (on `own.1` when the user is routed to the
+    /// calling session `own.0`, so it keeps its place before that session's replies)
+    /// and, for a QoS frame, starts its S2C QoS clock.
+    pub fn deliver(
+        &self,
+        state: &mut State,
+        to: &str,
+        frame: &Frame,
+        text: String,
+        own: Option<(SessionId, &mut Vec<Outgoing>)>,
+    ) -> Result<(), DeliverError> {
+        let session = state
+            .online
+            .get(to)
+            .map(|r| r.session)
+            .ok_or(DeliverError::NotOnline)?;
+        let qos = frame.qos && frame.fp.is_some();
+        if qos && !self.pending_has_room(state, to) {
+            return Err(DeliverError::Refused(RejectReason::PendingS2cFull));
+        }
+        let kind = frame.server_kind(self.config.dialect);
+        let out = Outgoing {
+            text: text.clone(),
+            kind,
+        };
+        match own {
+            Some((me, queue)) if me == session => queue.push(out),
+            _ => self.send_to_session(state, session, out)?,
+        }
+        if qos {
+            self.add_pending(state, to, frame.clone(), text);
+        }
+        Ok(())
     }
 
     /// Whether `user` can take one more pending QoS frame.
@@ -249,12 +357,11 @@ impl Shared {
         self.qos_wake.notify_one();
     }
 
-    /// Stops the QoS clock of `fp` to `user`: the client acknowledged it.
-    pub fn ack_pending(&self, state: &mut State, user: &str, fp: &str) -> bool {
-        let Some(map) = state.pending.get_mut(user) else {
-            return false;
-        };
-        let removed = map.remove(fp).is_some();
+    /// Stops the QoS clock of `fp` to `user`: the client acknowledged it. Returns the
+    /// frame when it was pending.
+    pub fn ack_pending(&self, state: &mut State, user: &str, fp: &str) -> Option<Frame> {
+        let map = state.pending.get_mut(user)?;
+        let removed = map.remove(fp).map(|p| p.frame);
         if map.is_empty() {
             state.pending.remove(user);
         }
