@@ -545,3 +545,27 @@ async fn a_resend_after_a_lost_ack_is_acked_again_and_stored_once() {
     assert_eq!(reply.messages.len(), 1, "stored once");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn room_messages_without_qos_are_fanned_out_and_never_stored() {
+    let server = start(rooms_config(), AcceptAll).await;
+    let url = server.url();
+    let mut alice = logged_in(&url, "alice").await;
+    let mut bob = logged_in(&url, "bob").await;
+    join(&mut alice, "alice", "lobby", 1).await;
+    join(&mut bob, "bob", "lobby", 1).await;
+    room_reply(&mut alice).await; // bob joined
+    alice
+        .send(&Frame::data("alice", "#lobby", "x=3,y=4", false, None, 7))
+        .await;
+    let copy = bob.recv().await;
+    assert_eq!(
+        (copy.content(), copy.qos, copy.mid),
+        ("x=3,y=4", false, None)
+    );
+    alice.expect_silence(Duration::from_millis(150)).await;
+    let mut carol = logged_in(&url, "carol").await;
+    let reply = join(&mut carol, "carol", "lobby", 1).await;
+    assert!(reply.messages.is_empty(), "nothing stored");
+    server.shutdown().await;
+}

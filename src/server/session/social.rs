@@ -102,6 +102,20 @@ impl Session {
             );
             return;
         }
+        if !frame.qos {
+            // Without QoS a room message is ephemeral (positions, typing): fanned out
+            // at once, never stored, no id.
+            let text = frame.to_json();
+            let mut state = shared.lock();
+            for member in state.rooms.recipients(&room, user) {
+                if let Err(DeliverError::Refused(r)) =
+                    shared.deliver(&mut state, &member, &frame, text.clone(), None)
+                {
+                    shared.metrics.reject(r);
+                }
+            }
+            return;
+        }
         self.jobs.push(Job::RoomMessage { room, frame });
     }
 
