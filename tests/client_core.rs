@@ -1535,3 +1535,24 @@ fn events_from_a_stale_link_are_ignored() {
     t.server(data, s(23));
     assert!(matches!(&t.events()[..], [ClientEvent::DataReceived(_)]));
 }
+
+#[test]
+fn a_busy_receiver_is_retried_like_throttling_not_refused() {
+    let mut t = Script::logged_in(Dialect::Seed, s(0), 5);
+    let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
+    let original = t.sent().remove(0);
+    t.server(
+        Frame::error_response(&ErrorResponse {
+            error_code: bevy_im::client::RECEIVER_BUSY,
+            error_msg: original.to_json(),
+        }),
+        ms(100),
+    );
+    assert!(matches!(
+        &t.events()[..],
+        [ClientEvent::SendThrottled(SendThrottled { fp: Some(f), retry_in: Some(_), .. })] if *f == fp
+    ));
+    t.c.tick(ms(600));
+    assert_eq!(t.sent(), [original], "written again after the back-off");
+    assert_eq!(t.c.pending_count(), 1, "still pending, not refused");
+}

@@ -569,3 +569,25 @@ async fn room_messages_without_qos_are_fanned_out_and_never_stored() {
     assert!(reply.messages.is_empty(), "nothing stored");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_busy_receiver_gets_the_sender_a_503_naming_the_message_never_silence() {
+    let mut config = rooms_config();
+    config.max_pending_s2c_per_user = 1;
+    let server = start(config, AcceptAll).await;
+    let url = server.url();
+    let mut alice = logged_in(&url, "alice").await;
+    let mut bob = logged_in(&url, "bob").await;
+    let first = Frame::data("alice", "bob", "one", true, None, 0);
+    alice.send(&first).await;
+    assert_eq!(alice.recv().await.ty, 4, "relayed");
+    assert_eq!(bob.recv().await.content(), "one"); // and bob never ACKs it
+    let second = Frame::data("alice", "bob", "two", true, None, 0);
+    alice.send(&second).await;
+    let error = error_of(&alice.recv().await);
+    assert_eq!(error.error_code, room_code::RECEIVER_BUSY);
+    assert_eq!(Frame::decode(&error.error_msg).unwrap().fp, second.fp);
+    bob.expect_silence(Duration::from_millis(150)).await;
+    assert_eq!(server.metrics().receiver_busy, 1);
+    server.shutdown().await;
+}

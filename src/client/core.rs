@@ -27,6 +27,11 @@ const NOT_LOGGED_IN: i32 = 301;
 /// `ERROR_RATE_LIMITED`, HTTP's 429).
 pub const RATE_LIMITED: i32 = 429;
 
+/// The error code of a message the server could not hand to its receiver for now
+/// (the receiver's queue or pending QoS table is full; HTTP's 503): resent after a
+/// back-off, as for [`RATE_LIMITED`].
+pub const RECEIVER_BUSY: i32 = crate::protocol::room_code::RECEIVER_BUSY;
+
 /// Where the session stands. One value replaces a state plus flags: each phase holds
 /// what only it needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -838,7 +843,7 @@ impl ClientCore {
             Err(e) => return self.bad_frame(e.into()),
         };
         let code = error.error_code;
-        if code == RATE_LIMITED {
+        if code == RATE_LIMITED || code == RECEIVER_BUSY {
             return self.on_throttled(&error.error_msg, now);
         }
         if code != NOT_LOGGED_IN && self.on_refused(code, &error.error_msg) {
@@ -859,8 +864,8 @@ impl ClientCore {
         }
     }
 
-    /// The server refused a frame for its rate limit; upstream's error frames carry
-    /// the refused frame as their message. A pending QoS message is written again
+    /// The server refused a frame for its rate limit, or its receiver is busy;
+    /// upstream's error frames carry the refused frame as their message. A pending QoS message is written again
     /// after a back-off; the game hears [`SendThrottled`].
     fn on_throttled(&mut self, refused: &str, now: Duration) {
         self.out.stats.throttled += 1;
@@ -879,7 +884,7 @@ impl ClientCore {
     }
 
     /// An error frame whose message is one of this client's data frames: the server
-    /// refused that message (403, 404, 503, 507, ...). A pending QoS message leaves
+    /// refused that message (403, 404, 500, 507, ...). A pending QoS message leaves
     /// the table: [`MessageRefused`] is its one outcome. Returns false when the error
     /// is not about one of this client's messages (a [`ServerError`] then), or
     /// names a QoS message that is settled already.

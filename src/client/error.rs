@@ -123,7 +123,7 @@ pub enum RoomError {
     /// The server answered with a code ([`room_code`](crate::protocol::room_code)).
     #[error("refused by the server (code {code}): {msg}")]
     Refused {
-        /// The server's code: 400, 403, 404, 409, 429, 503.
+        /// The server's code: 400, 403, 404, 409, 429, 500.
         code: i32,
         /// The server's reason, possibly empty.
         msg: String,

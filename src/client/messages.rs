@@ -218,7 +218,7 @@ pub struct MessageDelivered {
 }
 
 /// The server refused one of the client's messages with an error frame naming it
-/// (403 refused or blocked, 404 not a member of the room, 503 store failed, 507 the
+/// (403 refused or blocked, 404 not a member of the room, 500 store failed, 507 the
 /// receiver's offline box is full: `room_code`). Nothing was delivered. For a QoS
 /// message this is its one outcome: it leaves the pending table and is neither
 /// delivered nor lost later.

@@ -33,7 +33,7 @@ mod relogin;
 mod rooms;
 mod session;
 
-pub use self::core::{ClientCore, RATE_LIMITED};
+pub use self::core::{ClientCore, RATE_LIMITED, RECEIVER_BUSY};
 pub use error::{LoginError, RoomError, SendError};
 pub use events::{Action, CoreOutput, CoreStats, FrameProblem};
 pub use keepalive::{Keepalive, KeepaliveTick, SenseMode};

@@ -41,11 +41,14 @@ pub mod room_code {
     pub const NOT_FOUND: i32 = 404;
     /// The room is at its member cap.
     pub const FULL: i32 = 409;
-    /// Too many requests or messages from this user.
+    /// Too many requests or messages from this user: resend later.
     pub const RATE_LIMITED: i32 = 429;
     /// The store could not be written (disk full, read-only file): nothing was
     /// stored or delivered.
-    pub const STORE_FAILED: i32 = 503;
+    pub const STORE_FAILED: i32 = 500;
+    /// The receiver is online but cannot take the message now (its outbound queue or
+    /// its pending QoS table is full): nothing was delivered; resend later.
+    pub const RECEIVER_BUSY: i32 = 503;
     /// The receiver's offline box is full.
     pub const BOX_FULL: i32 = 507;
 }

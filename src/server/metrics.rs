@@ -185,6 +185,7 @@ pub(crate) struct Metrics {
     pub logins_ok: AtomicU64,
     pub kickouts: AtomicU64,
     pub c2s_duplicates: AtomicU64,
+    pub receiver_busy: AtomicU64,
     pub qos_resends: AtomicU64,
     pub qos_lost: AtomicU64,
     frames_in: [AtomicU64; 8],
@@ -218,6 +219,7 @@ impl Metrics {
             logins_ok: load(&self.logins_ok),
             kickouts: load(&self.kickouts),
             c2s_duplicates: load(&self.c2s_duplicates),
+            receiver_busy: load(&self.receiver_busy),
             qos_resends: load(&self.qos_resends),
             qos_lost: load(&self.qos_lost),
             frames_in: IN_LABELS
@@ -254,6 +256,9 @@ pub struct MetricsSnapshot {
     pub kickouts: u64,
     /// Client-to-server QoS copies recognised as duplicates.
     pub c2s_duplicates: u64,
+    /// QoS messages answered "receiver busy" (503) because the receiver's queue or
+    /// pending table was full; the sender resends them.
+    pub receiver_busy: u64,
     /// Server-to-client QoS resends.
     pub qos_resends: u64,
     /// Server-to-client QoS frames given up as lost.
@@ -327,6 +332,12 @@ impl MetricsSnapshot {
             "counter",
             "Duplicate client-to-server QoS copies.",
             self.c2s_duplicates,
+        );
+        single(
+            "im_receiver_busy_total",
+            "counter",
+            "QoS messages answered receiver busy (503); the sender resends them.",
+            self.receiver_busy,
         );
         single(
             "im_qos_resends_total",

@@ -569,6 +569,12 @@ impl Session {
                     self.jobs.push(Job::Offline { to, frame });
                     return;
                 }
+                if !host_stored && matches!(e, DeliverError::Refused(_)) && qos_fp.is_some() {
+                    // Never a silent refusal: the sender resends after a back-off.
+                    Metrics::inc(&shared.metrics.receiver_busy);
+                    self.push_error(room_code::RECEIVER_BUSY, &frame.to_json());
+                    return;
+                }
                 host_stored
             }
         };
