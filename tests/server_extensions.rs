@@ -205,8 +205,9 @@ async fn pending_s2c_cap_sends_the_overflow_to_the_offline_hook() {
             assert_eq!(bob.recv().await.fp, m.fp);
             assert_eq!(alice.recv().await.content(), m.fp.as_deref().unwrap());
         }
-        // Bob has ACKed nothing: the third is not forwarded, and with an offline
-        // hook that stores nothing the sender gets no ACK.
+        // Bob has ACKed nothing: the third is not forwarded. The offline hook hears
+        // of it; it stores nothing, so the sender is told "receiver busy" (503) with
+        // the frame, and no ACK: never silence.
         let third = Frame::data("alice", "bob", "m2", true, None, 0);
         alice.send(&third).await;
         eventually("the offline hook", || {
@@ -215,6 +216,12 @@ async fn pending_s2c_cap_sends_the_overflow_to_the_offline_hook() {
         .await;
         assert_eq!(hooks.offline.lock().unwrap()[0].fp, third.fp);
         bob.expect_silence(Duration::from_millis(100)).await;
+        let busy = alice.recv().await;
+        assert_eq!(busy.ty, 52);
+        let body: bevy_im::protocol::ErrorResponse =
+            bevy_im::protocol::decode_body(busy.data_content.as_deref()).unwrap();
+        assert_eq!(body.error_code, bevy_im::protocol::room_code::RECEIVER_BUSY);
+        assert_eq!(Frame::decode(&body.error_msg).unwrap().fp, third.fp);
         alice.expect_silence(Duration::from_millis(10)).await;
         assert_eq!(
             h.handle_push_qos("bob"),
