@@ -173,6 +173,10 @@ pub struct ServerConfig {
     /// Whether relayed direct messages are kept in each pair's history (default on;
     /// off saves a store write per direct message).
     pub direct_history: bool,
+    /// A socket must log in within this of its upgrade, or it is closed with 1008
+    /// (policy violation, reason "login timeout"): a socket that never logs in (even
+    /// one sending echo frames) holds nothing for long (default 10 s).
+    pub login_timeout: Duration,
     /// Whether the social extension is served (`docs/PROTOCOL-EXTENSIONS.md`:
     /// rooms, presence, history, offline messages, block lists; default on). Off, the
     /// server speaks upstream's protocol only, byte for byte: no `ext` in the login
@@ -205,6 +209,7 @@ impl Default for ServerConfig {
             store: StorePath::Memory,
             store_limits: StoreConfig::default(),
             direct_history: true,
+            login_timeout: Duration::from_secs(10),
             extensions: true,
         }
     }

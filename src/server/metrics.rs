@@ -62,11 +62,13 @@ pub enum RejectReason {
     StoreFailed,
     /// The receiver's offline box is full (507).
     OfflineBoxFull,
+    /// A socket did not log in within the login timeout (closed with 1008).
+    LoginTimeout,
 }
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectReason; 24] = [
+    pub const ALL: [RejectReason; 25] = [
         Self::WrongPath,
         Self::NotWebSocket,
         Self::BadHandshake,
@@ -91,6 +93,7 @@ impl RejectReason {
         Self::BadRoomRequest,
         Self::StoreFailed,
         Self::OfflineBoxFull,
+        Self::LoginTimeout,
     ];
 
     /// The metric label.
@@ -120,6 +123,7 @@ impl RejectReason {
             Self::BadRoomRequest => "bad_room_request",
             Self::StoreFailed => "store_failed",
             Self::OfflineBoxFull => "offline_box_full",
+            Self::LoginTimeout => "login_timeout",
         }
     }
 
@@ -190,7 +194,7 @@ pub(crate) struct Metrics {
     pub qos_lost: AtomicU64,
     frames_in: [AtomicU64; 8],
     frames_out: [AtomicU64; 9],
-    rejected: [AtomicU64; 24],
+    rejected: [AtomicU64; 25],
 }
 
 impl Metrics {

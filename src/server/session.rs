@@ -27,7 +27,9 @@ const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
 use super::handshake::{Handshake, upgrade};
 use super::hooks::LogoutReason;
 use super::metrics::{Metrics, RejectReason, out_index};
-use super::state::{Command, DeliverError, Outgoing, Registered, SessionEntry, SessionId, Shared};
+use super::state::{
+    Command, DeliverError, HookCall, Outgoing, Registered, SessionEntry, SessionId, Shared,
+};
 use crate::protocol::{
     ClientKind, ErrorResponse, Frame, KickoutCode, KickoutInfo, LoginInfo, LoginResponse,
     ROOM_PREFIX, ResultCode, ServerKind, decode_body, room_code, room_of_address,
@@ -98,12 +100,6 @@ impl Step {
     }
 }
 
-/// A hook call to make once the state lock is released.
-enum HookCall {
-    Login(String, i64),
-    Logout(String, LogoutReason),
-}
-
 /// The protocol state of one socket. Handling a frame is synchronous: it updates the
 /// shared state, queues replies for this socket in `out`, and says whether to close.
 pub(crate) struct Session {
@@ -164,15 +160,6 @@ impl Session {
                 cut -= 1;
             }
             msg.truncate(cut);
-        }
-    }
-
-    fn run_hooks(&self, calls: Vec<HookCall>) {
-        for call in calls {
-            match call {
-                HookCall::Login(user, t) => self.shared.hooks.on_login(&user, t),
-                HookCall::Logout(user, reason) => self.shared.hooks.on_logout(&user, reason),
-            }
         }
     }
 
@@ -261,7 +248,7 @@ impl Session {
                     _ => {
                         let acked = {
                             let mut state = shared.lock();
-                            shared.ack_pending(&mut state, &user, frame.content())
+                            shared.ack_pending(&mut state, &user, frame.to_id(), frame.content())
                         };
                         // A message from the offline box leaves it once ACKed.
                         if let Some(acked) = acked
@@ -418,11 +405,13 @@ impl Session {
                     calls.push(HookCall::Login(user.clone(), t));
                 }
             }
+            // Queued in the order decided here; run in that order, outside the lock.
+            state.hook_queue.extend(calls);
         }
         tracing::debug!(session = self.id, %user, first_login_time = t, kick_self, "logged in");
         self.user = Some(user.clone());
         self.first_login_time = t;
-        self.run_hooks(calls);
+        shared.run_hooks();
         if kick_self {
             Metrics::inc(&shared.metrics.kickouts);
             let kick = Frame::kickout(
@@ -658,6 +647,9 @@ impl Drop for SessionCleanup {
                 // Rooms: a logout leaves them; anything else shows the user offline
                 // for the grace period, unless another socket already took over.
                 let mut state = self.shared.lock();
+                state
+                    .hook_queue
+                    .push_back(HookCall::Logout(user.clone(), self.end));
                 if !state.online.contains_key(&user) {
                     state.user_buckets.remove(&user);
                     let notices = if self.end == LogoutReason::Logout {
@@ -670,7 +662,7 @@ impl Drop for SessionCleanup {
                     self.shared.qos_wake.notify_one();
                 }
             }
-            self.shared.hooks.on_logout(&user, self.end);
+            self.shared.run_hooks();
         }
     }
 }
@@ -857,6 +849,7 @@ async fn serve_socket<S>(
     let read_timeout = shared.config.read_timeout;
     let mut session = Session::new(id, shared.clone(), Instant::now());
     let mut deadline = Instant::now() + read_timeout;
+    let login_deadline = Instant::now() + shared.config.login_timeout;
     loop {
         tokio::select! {
             biased;
@@ -942,6 +935,13 @@ async fn serve_socket<S>(
                     cleanup.end = end;
                     break;
                 }
+            }
+            _ = sleep_until(login_deadline), if session.user.is_none() => {
+                shared.metrics.reject(RejectReason::LoginTimeout);
+                cleanup.unroute();
+                flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
+                send_close(&mut ws, 1008, "login timeout", linger).await;
+                break;
             }
             _ = sleep_until(deadline) => {
                 shared.metrics.reject(RejectReason::ReadTimeout);

@@ -75,8 +75,12 @@ struct Deadline {
     at: Instant,
     seq: u64,
     user: String,
-    fp: String,
+    key: PendingKey,
 }
+
+/// A pending server-to-client frame is known by its sender and fingerprint: two
+/// senders that pick the same fingerprint never displace each other's frames.
+type PendingKey = (String, String);
 
 /// The client-to-server dedup window, keyed by user and fingerprint: the client's
 /// [`QosReceiveFilter`] (deadline queue, bounded size) on the server's clock.
@@ -142,12 +146,20 @@ impl RecentAcks {
     }
 }
 
+/// A login or logout hook call, queued under the state lock in the order the state
+/// changed, and run in that order outside it ([`Shared::run_hooks`]).
+#[derive(Debug)]
+pub(crate) enum HookCall {
+    Login(String, i64),
+    Logout(String, super::hooks::LogoutReason),
+}
+
 /// The state behind the lock.
 #[derive(Debug)]
 pub(crate) struct State {
     pub sessions: HashMap<SessionId, SessionEntry>,
     pub online: HashMap<String, Registered>,
-    pending: HashMap<String, HashMap<String, Pending>>,
+    pending: HashMap<String, HashMap<PendingKey, Pending>>,
     deadlines: BinaryHeap<Reverse<Deadline>>,
     next_seq: u64,
     pub dedup: Dedup,
@@ -159,6 +171,8 @@ pub(crate) struct State {
     pub user_buckets: HashMap<String, super::session::TokenBucket>,
     /// ACKs of stored messages, for resends.
     pub recent_acks: RecentAcks,
+    /// Login and logout hook calls not yet run.
+    pub hook_queue: std::collections::VecDeque<HookCall>,
 }
 
 /// Why a frame could not be handed to a user's socket.
@@ -181,6 +195,8 @@ pub(crate) struct Shared {
     pub metrics_addr: Option<SocketAddr>,
     /// Set once `serve` has started, so a shutdown knows whether to wait for it.
     pub serving: AtomicBool,
+    /// Held by the one thread running queued hook calls.
+    hooks_running: Mutex<()>,
     next_session: AtomicU64,
     /// History, offline boxes and private rooms.
     pub store: StoreHandle,
@@ -215,6 +231,7 @@ impl Shared {
                 blocks: HashMap::new(),
                 user_buckets: HashMap::new(),
                 recent_acks: RecentAcks::default(),
+                hook_queue: std::collections::VecDeque::new(),
             }),
             qos_wake: Notify::new(),
             shutdown: watch::Sender::new(false),
@@ -222,6 +239,7 @@ impl Shared {
             local_addr,
             metrics_addr,
             serving: AtomicBool::new(false),
+            hooks_running: Mutex::new(()),
             next_session: AtomicU64::new(1),
         }
     }
@@ -229,6 +247,38 @@ impl Shared {
     /// The state, never poisoned: no code panics while holding it.
     pub fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs the queued login and logout hook calls in the order they were queued,
+    /// outside the state lock (hooks may call the server's handle). One thread runs
+    /// them at a time; a thread that finds another running leaves its calls to it, so
+    /// every `on_login` reaches the host before the `on_logout` that ends it.
+    pub fn run_hooks(&self) {
+        loop {
+            let running = match self.hooks_running.try_lock() {
+                Ok(guard) => guard,
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) => return,
+            };
+            loop {
+                // Not `while let`: the state lock must be released before the hook runs.
+                let next = self.lock().hook_queue.pop_front();
+                let Some(call) = next else { break };
+                // A panicking hook must not stop the hooks of everyone else.
+                let run = std::panic::AssertUnwindSafe(|| match &call {
+                    HookCall::Login(user, t) => self.hooks.on_login(user, *t),
+                    HookCall::Logout(user, reason) => self.hooks.on_logout(user, *reason),
+                });
+                if std::panic::catch_unwind(run).is_err() {
+                    tracing::error!(?call, "a login or logout hook panicked");
+                }
+            }
+            drop(running);
+            // A call queued while the lock above was being released runs now.
+            if self.lock().hook_queue.is_empty() {
+                return;
+            }
+        }
     }
 
     /// Time since the server started: the rooms' clock.
@@ -331,6 +381,7 @@ impl Shared {
         let Some(fp) = frame.fp.clone() else {
             return;
         };
+        let key: PendingKey = (frame.from_id().to_owned(), fp);
         let qos = &self.config.s2c_qos;
         let first = if qos.max_resends > 0 {
             qos.resend_after
@@ -343,10 +394,10 @@ impl Shared {
             at: Instant::now() + first,
             seq,
             user: user.to_owned(),
-            fp: fp.clone(),
+            key: key.clone(),
         }));
         state.pending.entry(user.to_owned()).or_default().insert(
-            fp,
+            key,
             Pending {
                 frame,
                 text,
@@ -357,11 +408,28 @@ impl Shared {
         self.qos_wake.notify_one();
     }
 
-    /// Stops the QoS clock of `fp` to `user`: the client acknowledged it. Returns the
-    /// frame when it was pending.
-    pub fn ack_pending(&self, state: &mut State, user: &str, fp: &str) -> Option<Frame> {
+    /// Stops the QoS clock of `fp` from `sender` to `user`: the client acknowledged
+    /// it (its ACK's `to` is the frame's sender). An ACK without a `to` (`sender`
+    /// empty) acknowledges the one pending frame with that fingerprint, when there is
+    /// exactly one. Returns the frame when it was pending.
+    pub fn ack_pending(
+        &self,
+        state: &mut State,
+        user: &str,
+        sender: &str,
+        fp: &str,
+    ) -> Option<Frame> {
         let map = state.pending.get_mut(user)?;
-        let removed = map.remove(fp).map(|p| p.frame);
+        let key = if sender.is_empty() {
+            let mut matching = map.keys().filter(|(_, f)| f == fp);
+            match (matching.next(), matching.next()) {
+                (Some(k), None) => k.clone(),
+                _ => return None,
+            }
+        } else {
+            (sender.to_owned(), fp.to_owned())
+        };
+        let removed = map.remove(&key).map(|p| p.frame);
         if map.is_empty() {
             state.pending.remove(user);
         }
@@ -384,7 +452,7 @@ impl Shared {
             let Some((resends, text)) = state
                 .pending
                 .get(&d.user)
-                .and_then(|m| m.get(&d.fp))
+                .and_then(|m| m.get(&d.key))
                 .filter(|p| p.seq == d.seq)
                 .map(|p| (p.resends, p.text.clone()))
             else {
@@ -409,7 +477,7 @@ impl Shared {
                 if let Some(p) = state
                     .pending
                     .get_mut(&d.user)
-                    .and_then(|m| m.get_mut(&d.fp))
+                    .and_then(|m| m.get_mut(&d.key))
                 {
                     p.resends += 1;
                 }
@@ -418,7 +486,7 @@ impl Shared {
                     ..d
                 }));
             } else if let Some(map) = state.pending.get_mut(&d.user) {
-                if let Some(p) = map.remove(&d.fp) {
+                if let Some(p) = map.remove(&d.key) {
                     lost.push((d.user.clone(), p.frame));
                     Metrics::inc(&self.metrics.qos_lost);
                 }

@@ -202,6 +202,10 @@ pub struct Recorder {
     pub store_offline: bool,
     /// A user `verify_login` refuses with 1025.
     pub refuse: Option<String>,
+    /// When set, the first `on_login` waits (at most 5 s) until a value arrives here
+    /// before it records: a test holds a login hook open while another login races.
+    /// Only on a multi-thread runtime.
+    pub login_gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 impl Recorder {
@@ -229,6 +233,14 @@ impl ServerHooks for Recorder {
     }
 
     fn on_login(&self, user: &str, _first_login_time: i64) {
+        let gate = self.login_gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            // Hooks run on the server's runtime: hand the worker's other tasks on
+            // while this one waits (needs a multi-thread runtime).
+            tokio::task::block_in_place(|| {
+                let _ = gate.recv_timeout(Duration::from_secs(5));
+            });
+        }
         self.log(format!("login {user}"));
     }
 

@@ -1,0 +1,129 @@
+//! Reliability gaps of the reference server, closed: a socket that never logs in,
+//! fingerprints shared by two senders, and the order of the login and logout hooks
+//! under racing logins. Real sockets on 127.0.0.1, bounded waits.
+#![cfg(all(feature = "server", not(target_arch = "wasm32")))]
+
+#[path = "support/server.rs"]
+mod support;
+
+use std::time::Duration;
+
+use bevy_im::protocol::{Dialect, Frame};
+use bevy_im::server::{AcceptAll, RejectReason, S2cQosConfig, ServerConfig};
+use support::{Client, Event, Recorder, WAIT, config, logged_in, start};
+
+fn v6() -> ServerConfig {
+    config(Dialect::MobileImSdkV6)
+}
+
+#[tokio::test]
+async fn a_socket_that_never_logs_in_is_closed_at_the_login_deadline() {
+    let mut c = v6();
+    c.login_timeout = Duration::from_millis(300);
+    let server = start(c, AcceptAll).await;
+    let mut idle = Client::connect(&server.url()).await;
+    // Echo frames reset the read timeout, but not the login deadline.
+    let started = tokio::time::Instant::now();
+    let closed = loop {
+        idle.send(&Frame::echo("nobody", "ping")).await;
+        match idle.next_event_within(Duration::from_millis(100)).await {
+            Some(Event::Close(code, reason)) => break (code, reason),
+            Some(Event::Text(_)) | None => {}
+            Some(Event::Ended) => panic!("ended without a close frame"),
+        }
+        assert!(started.elapsed() < WAIT, "closed in time");
+    };
+    assert_eq!(closed, (1008, "login timeout".to_owned()));
+    assert!(started.elapsed() >= Duration::from_millis(250), "not early");
+    assert_eq!(server.metrics().rejected(RejectReason::LoginTimeout), 1);
+    // A socket that logs in in time stays.
+    let mut alice = logged_in(&server.url(), "alice").await;
+    alice.expect_silence(Duration::from_millis(500)).await;
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_senders_with_the_same_fingerprint_keep_their_own_pending_frames() {
+    let mut c = v6();
+    c.s2c_qos = S2cQosConfig {
+        resend_after: Duration::from_millis(300),
+        max_resends: 1,
+        lost_after: Duration::from_millis(300),
+    };
+    let hooks = Recorder::new();
+    let server = start(c, hooks.clone()).await;
+    let url = server.url();
+    let mut alice = logged_in(&url, "alice").await;
+    let mut eve = logged_in(&url, "eve").await;
+    let mut bob = logged_in(&url, "bob").await;
+    let fp = "same-fingerprint".to_owned();
+    eve.send(&Frame::data(
+        "eve",
+        "bob",
+        "from eve",
+        true,
+        Some(fp.clone()),
+        0,
+    ))
+    .await;
+    let from_eve = bob.recv().await;
+    alice
+        .send(&Frame::data(
+            "alice",
+            "bob",
+            "from alice",
+            true,
+            Some(fp.clone()),
+            0,
+        ))
+        .await;
+    let from_alice = bob.recv().await;
+    assert_eq!((from_eve.from_id(), from_alice.from_id()), ("eve", "alice"));
+    // Bob ACKs alice's copy only: eve's is still pending and comes again.
+    bob.send(&Frame::ack_of(&from_alice).unwrap()).await;
+    let again = bob.recv().await;
+    assert_eq!((again.from_id(), again.content()), ("eve", "from eve"));
+    bob.send(&Frame::ack_of(&again).unwrap()).await;
+    bob.expect_silence(Duration::from_millis(800)).await;
+    assert!(hooks.lost.lock().unwrap().is_empty(), "nothing lost");
+    let _ = (&mut alice, &mut eve);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_login_hook_precedes_its_logout_hook_under_racing_logins() {
+    // The first login's hook is held open while a second login of the same user kicks
+    // it: the kick's logout must still reach the host after that login.
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    let hooks = std::sync::Arc::new(Recorder {
+        login_gate: std::sync::Mutex::new(Some(gate)),
+        ..Recorder::default()
+    });
+    let server = start(v6(), hooks.clone()).await;
+    let url = server.url();
+    let mut first = Client::connect(&url).await;
+    first.send(&support::login("alice", 0)).await;
+    support::eventually("the first login's hook to start", || {
+        hooks.login_gate.lock().unwrap().is_none()
+    })
+    .await;
+    let mut second = Client::connect(&url).await;
+    second.login("alice").await;
+    open_gate.send(()).unwrap();
+    support::eventually("three hook calls", || hooks.events().len() >= 3).await;
+    let calls: Vec<String> = hooks
+        .events()
+        .into_iter()
+        .filter(|e| !e.starts_with("verify"))
+        .collect();
+    assert_eq!(
+        calls,
+        [
+            "login alice",
+            "logout alice Kicked(DuplicateLogin)",
+            "login alice"
+        ]
+    );
+    drop((first, second));
+    server.shutdown().await;
+}
