@@ -127,3 +127,51 @@ async fn every_login_hook_precedes_its_logout_hook_under_racing_logins() {
     drop((first, second));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn slow_handshakes_are_bounded_and_logged_in_users_keep_being_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = v6();
+    c.max_handshakes = 2;
+    c.handshake_timeout = Duration::from_millis(800);
+    let server = start(c, AcceptAll).await;
+    let url = server.url();
+    let addr = server.local_addr();
+    let mut alice = logged_in(&url, "alice").await;
+    // Two slowloris connections: an upgrade request, one byte at a time.
+    let mut slow = Vec::new();
+    for _ in 0..2 {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"G").await.unwrap();
+        slow.push(tcp);
+    }
+    support::eventually("both slow connections accepted", || {
+        server.metrics().connections_open == 3
+    })
+    .await;
+    // A third handshake is refused at once, with a 503.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, third.read_to_end(&mut answer)).await;
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert_eq!(server.metrics().rejected(RejectReason::HandshakeLimit), 1);
+    // Alice, logged in, is served throughout.
+    alice.send(&Frame::echo("alice", "still here")).await;
+    assert_eq!(alice.recv().await.content(), "still here");
+    // The slow ones are cut at the handshake timeout; then new users get in again.
+    for tcp in &mut slow {
+        let _ = tcp.write_all(b"E").await;
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(WAIT, tcp.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "closed by the server within the timeout");
+    }
+    assert_eq!(server.metrics().rejected(RejectReason::HandshakeTimeout), 2);
+    let mut bob = logged_in(&url, "bob").await;
+    bob.send(&Frame::echo("bob", "in")).await;
+    assert_eq!(bob.recv().await.content(), "in");
+    server.shutdown().await;
+}

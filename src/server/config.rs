@@ -173,6 +173,11 @@ pub struct ServerConfig {
     /// Whether relayed direct messages are kept in each pair's history (default on;
     /// off saves a store write per direct message).
     pub direct_history: bool,
+    /// At most this many connections may be in their TLS and WebSocket handshake at
+    /// once; more are refused like connections over the cap (default 512). With the
+    /// handshake timeout, a flood of slow handshakes (slowloris) cannot take every
+    /// connection slot.
+    pub max_handshakes: usize,
     /// A socket must log in within this of its upgrade, or it is closed with 1008
     /// (policy violation, reason "login timeout"): a socket that never logs in (even
     /// one sending echo frames) holds nothing for long (default 10 s).
@@ -210,6 +215,7 @@ impl Default for ServerConfig {
             store_limits: StoreConfig::default(),
             direct_history: true,
             login_timeout: Duration::from_secs(10),
+            max_handshakes: 512,
             extensions: true,
         }
     }

@@ -64,11 +64,13 @@ pub enum RejectReason {
     OfflineBoxFull,
     /// A socket did not log in within the login timeout (closed with 1008).
     LoginTimeout,
+    /// Too many handshakes in progress (refused like the connection limit).
+    HandshakeLimit,
 }
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectReason; 25] = [
+    pub const ALL: [RejectReason; 26] = [
         Self::WrongPath,
         Self::NotWebSocket,
         Self::BadHandshake,
@@ -94,6 +96,7 @@ impl RejectReason {
         Self::StoreFailed,
         Self::OfflineBoxFull,
         Self::LoginTimeout,
+        Self::HandshakeLimit,
     ];
 
     /// The metric label.
@@ -124,6 +127,7 @@ impl RejectReason {
             Self::StoreFailed => "store_failed",
             Self::OfflineBoxFull => "offline_box_full",
             Self::LoginTimeout => "login_timeout",
+            Self::HandshakeLimit => "handshake_limit",
         }
     }
 
@@ -194,7 +198,7 @@ pub(crate) struct Metrics {
     pub qos_lost: AtomicU64,
     frames_in: [AtomicU64; 8],
     frames_out: [AtomicU64; 9],
-    rejected: [AtomicU64; 25],
+    rejected: [AtomicU64; 26],
 }
 
 impl Metrics {

@@ -178,6 +178,7 @@ impl Server {
             ));
         }
         let slots = Arc::new(Semaphore::new(shared.config.max_connections));
+        let handshakes = Arc::new(Semaphore::new(shared.config.max_handshakes));
         let mut connections = JoinSet::new();
         loop {
             tokio::select! {
@@ -191,9 +192,21 @@ impl Server {
                             refuse_over_capacity(&tcp, tls.is_some());
                             continue;
                         };
+                        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
+                            shared.metrics.reject(RejectReason::HandshakeLimit);
+                            refuse_over_capacity(&tcp, tls.is_some());
+                            continue;
+                        };
                         let _ = tcp.set_nodelay(true);
                         let guard = ConnectionGuard::new(shared.clone(), permit);
-                        connections.spawn(connection(shared.clone(), tcp, peer, tls.clone(), guard));
+                        connections.spawn(connection(
+                            shared.clone(),
+                            tcp,
+                            peer,
+                            tls.clone(),
+                            guard,
+                            handshake,
+                        ));
                     }
                     Err(e) => {
                         // Out of descriptors or a reset before accept: back off briefly.
@@ -240,13 +253,14 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     guard: ConnectionGuard,
+    handshake: tokio::sync::OwnedSemaphorePermit,
 ) {
     let deadline = Instant::now() + shared.config.handshake_timeout;
     tracing::trace!(%peer, "accepted");
     match tls {
-        None => session::run(shared, tcp, deadline).await,
+        None => session::run(shared, tcp, deadline, handshake).await,
         Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => session::run(shared, stream, deadline).await,
+            Ok(Ok(stream)) => session::run(shared, stream, deadline, handshake).await,
             Ok(Err(e)) => {
                 tracing::debug!(%peer, "TLS handshake failed: {e}");
                 shared.metrics.reject(RejectReason::BadHandshake);

@@ -692,8 +692,14 @@ async fn flush_queued<S>(
 }
 
 /// Serves one accepted socket (after TLS, if any) until it closes.
-pub(crate) async fn run<S>(shared: Arc<Shared>, mut stream: S, handshake_deadline: Instant)
-where
+/// Runs one connection: the upgrade (holding `handshake`, one of the bounded
+/// handshake slots, until it ends), then the session.
+pub(crate) async fn run<S>(
+    shared: Arc<Shared>,
+    mut stream: S,
+    handshake_deadline: Instant,
+    handshake: tokio::sync::OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let config = &shared.config;
@@ -722,6 +728,7 @@ where
         }
         Ok(Ok(Handshake::Upgraded { rest })) => rest,
     };
+    drop(handshake);
     // Tungstenite may read somewhat larger frames so that an oversize one is read
     // whole and answered with 1009 instead of a reset.
     let hard_limit = config.max_frame_bytes.saturating_mul(2).max(1024);
