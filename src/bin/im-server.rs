@@ -43,6 +43,10 @@ struct Args {
     /// Frames a connection may send at once before the rate limit applies.
     #[arg(long, default_value_t = 100)]
     rate_burst: u32,
+    /// Data frames and room requests per second per user, across all of the user's
+    /// sockets (0 turns the per-user limit off); bursts of twice that.
+    #[arg(long, default_value_t = 50)]
+    user_rate_limit: u32,
     /// Maximum unacknowledged server-to-client QoS frames per user.
     #[arg(long, default_value_t = 1000)]
     max_pending_s2c: usize,
@@ -68,6 +72,10 @@ impl Args {
         config.rate_limit = (self.rate_limit > 0).then_some(RateLimit {
             per_second: self.rate_limit,
             burst: self.rate_burst.max(1),
+        });
+        config.user_rate_limit = (self.user_rate_limit > 0).then_some(RateLimit {
+            per_second: self.user_rate_limit,
+            burst: self.user_rate_limit.saturating_mul(2).max(1),
         });
         config.max_pending_s2c_per_user = self.max_pending_s2c;
         config.metrics_addr = self.metrics;

@@ -932,6 +932,63 @@ impl StoreHandle {
         })
     }
 
+    /// Queues `f` for the writer thread without waiting for it: nothing is allocated
+    /// for a reply. `on_error` runs on the writer thread when `f` or its batch's commit
+    /// fails; `Closed` is reported at once when the thread is gone.
+    fn call_detached<F, E>(&self, f: F, on_error: E)
+    where
+        F: FnOnce(&mut Store) -> Result<(), StoreError> + Send + 'static,
+        E: FnOnce(StoreError) + Send + 'static,
+    {
+        let job: Job = Box::new(move |store: &mut Store| {
+            let error = f(store).err();
+            Done {
+                error: error.clone(),
+                reply: Box::new(move |instead: Option<StoreError>| {
+                    if let Some(e) = instead.or(error) {
+                        on_error(e);
+                    }
+                }),
+            }
+        });
+        if let Err(e) = self.inner.tx.send(job) {
+            // The job (and with it `on_error`) came back: nothing will run it.
+            drop(e);
+            tracing::warn!("store writer thread is gone");
+        }
+    }
+
+    /// [`Store::append_pair`], queued without waiting for the commit: for history
+    /// that must not hold a relay up. `on_error` hears of a failure (on the writer
+    /// thread).
+    #[allow(clippy::too_many_arguments)]
+    pub fn append_pair_detached(
+        &self,
+        a: &str,
+        b: &str,
+        from: &str,
+        content: &str,
+        typeu: i32,
+        fp: Option<&str>,
+        ts_ms: i64,
+        on_error: impl FnOnce(StoreError) + Send + 'static,
+    ) {
+        let (a, b, from, content) = (
+            a.to_owned(),
+            b.to_owned(),
+            from.to_owned(),
+            content.to_owned(),
+        );
+        let fp = fp.map(str::to_owned);
+        self.call_detached(
+            move |s| {
+                s.append_pair(&a, &b, &from, &content, typeu, fp.as_deref(), ts_ms)
+                    .map(drop)
+            },
+            on_error,
+        );
+    }
+
     /// Queues `f` for the writer thread; the future resolves with its result once its
     /// batch is committed.
     fn call<T, F>(

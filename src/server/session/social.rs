@@ -56,7 +56,14 @@ impl Session {
         if !shared.config.direct_history || !shared.config.extensions {
             return;
         }
-        let write = shared.store.append_pair(
+        let on_error = {
+            let shared = shared.clone();
+            move |e: StoreError| {
+                shared.metrics.reject(RejectReason::StoreFailed);
+                tracing::warn!("direct history not stored: {e}");
+            }
+        };
+        shared.store.append_pair_detached(
             user,
             to,
             user,
@@ -64,13 +71,8 @@ impl Session {
             frame.typeu,
             frame.fp.as_deref(),
             now_ms(),
+            on_error,
         );
-        tokio::spawn(async move {
-            if let Err(e) = write.await {
-                shared.metrics.reject(RejectReason::StoreFailed);
-                tracing::warn!("direct history not stored: {e}");
-            }
-        });
     }
 
     /// A data frame to a room: members only; stored, then fanned out and ACKed.
