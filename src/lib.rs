@@ -10,6 +10,8 @@ pub mod server;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod transport;
+#[cfg(feature = "ui")]
+pub mod ui;
 
 /// The names a game needs, in one import.
 pub mod prelude {
