@@ -266,16 +266,16 @@ pub struct RoomReply {
 }
 
 impl RoomReply {
-    /// A reply to `request` with `code` and nothing else set.
-    pub fn to(request: &RoomRequest, code: i32) -> Self {
+    /// A reply of `op` with nothing else set.
+    fn bare(op: RoomOp) -> Self {
         Self {
-            op: request.op,
-            req: Some(request.req),
-            code,
+            op,
+            req: None,
+            code: 0,
             msg: None,
-            room: request.room.clone(),
-            peer: request.peer.clone(),
-            user: request.user.clone(),
+            room: None,
+            peer: None,
+            user: None,
             online: None,
             members: Vec::new(),
             messages: Vec::new(),
@@ -284,21 +284,25 @@ impl RoomReply {
         }
     }
 
+    /// A reply to `request` with `code` and nothing else set.
+    pub fn to(request: &RoomRequest, code: i32) -> Self {
+        Self {
+            req: Some(request.req),
+            code,
+            room: request.room.clone(),
+            peer: request.peer.clone(),
+            user: request.user.clone(),
+            ..Self::bare(request.op)
+        }
+    }
+
     /// An event about `user` in `room`.
     pub fn event(op: RoomOp, room: &str, user: &str, online: Option<bool>) -> Self {
         Self {
-            op,
-            req: None,
-            code: 0,
-            msg: None,
             room: Some(room.to_owned()),
-            peer: None,
             user: Some(user.to_owned()),
             online,
-            members: Vec::new(),
-            messages: Vec::new(),
-            more: false,
-            rooms: Vec::new(),
+            ..Self::bare(op)
         }
     }
 

@@ -107,16 +107,7 @@ impl Session {
         if !frame.qos {
             // Without QoS a room message is ephemeral (positions, typing): fanned out
             // at once, never stored, no id.
-            let text = frame.to_json();
-            let mut state = shared.lock();
-            for member in state.rooms.recipients(&room, user) {
-                if let Err(DeliverError::Refused(r)) =
-                    shared.deliver(&mut state, &member, &frame, text.clone(), None)
-                {
-                    shared.metrics.reject(r);
-                }
-            }
-            return;
+            return fan_out(&shared, &room, user, &frame);
         }
         self.jobs.push(Job::RoomMessage { room, frame });
     }
@@ -312,18 +303,8 @@ impl Session {
         };
         frame.sm = stored.ts_ms;
         frame.mid = Some(stored.mid);
-        let text = frame.to_json();
-        {
-            let mut state = shared.lock();
-            for member in state.rooms.recipients(&room, user) {
-                // A member whose socket cannot take it now finds it in the history.
-                if let Err(DeliverError::Refused(r)) =
-                    shared.deliver(&mut state, &member, &frame, text.clone(), None)
-                {
-                    shared.metrics.reject(r);
-                }
-            }
-        }
+        // A member whose socket cannot take it now finds it in the history.
+        fan_out(&shared, &room, user, &frame);
         if let Some(fp) = frame.fp.as_deref().filter(|_| frame.qos) {
             let mut ack = Frame::server_ack(self.dialect(), &room_address(&room), user, fp);
             ack.mid = Some(stored.mid);
@@ -465,6 +446,19 @@ impl Session {
             }
         };
         self.reply(user, &reply);
+    }
+}
+
+/// Hands a room message to every online member of `room` but its sender.
+fn fan_out(shared: &Shared, room: &str, sender: &str, frame: &Frame) {
+    let text = frame.to_json();
+    let mut state = shared.lock();
+    for member in state.rooms.recipients(room, sender) {
+        if let Err(DeliverError::Refused(r)) =
+            shared.deliver(&mut state, &member, frame, text.clone(), None)
+        {
+            shared.metrics.reject(r);
+        }
     }
 }
 
