@@ -137,6 +137,7 @@ fn main() -> ExitCode {
         };
         let handle = server.handle();
         tracing::info!(url = %handle.url(), dialect = %args.dialect, "listening");
+        tracing::info!(store = %args.store, "rooms, history and offline messages kept in this store");
         if let Some(addr) = server.metrics_addr() {
             tracing::info!("metrics at http://{addr}/metrics");
         }
