@@ -1350,3 +1350,41 @@ mod plugin {
         }
     }
 }
+
+#[test]
+fn a_missed_event_rejoins_from_the_last_id_once_and_fills_the_gap() {
+    let mut t = Script::logged_in(ALL);
+    t.join_lobby(
+        vec![member("alice", true), member("bob", true)],
+        vec![history(11, "bob", "m11")],
+        s(1),
+    );
+    t.server(room_copy("bob", 12, "f12"), s(2));
+    t.events();
+    // Copies 13 and 14 never reached alice: the server says so, twice.
+    let missed = RoomReply::event(RoomOp::Missed, "lobby", "alice", None);
+    t.reply(&missed, s(3));
+    t.reply(&missed, s(3));
+    let asked = t.requests();
+    assert_eq!(asked.len(), 1, "one catch-up while one is in flight");
+    assert_eq!((asked[0].op, asked[0].after), (RoomOp::Join, Some(12)));
+    let mut reply = RoomReply::to(&asked[0], 0);
+    reply.members = vec![member("alice", true), member("bob", true)];
+    reply.messages = vec![history(13, "bob", "m13"), history(14, "bob", "m14")];
+    t.reply(&reply, s(4));
+    let events = t.events();
+    let [ClientEvent::RoomJoined(joined)] = &events[..] else {
+        panic!("{events:?}");
+    };
+    assert!(joined.rejoin);
+    let mids: Vec<i64> = joined.messages.iter().map(|m| m.mid).collect();
+    assert_eq!(mids, [13, 14]);
+    assert_eq!(t.c.rooms().get("lobby").unwrap().last_mid(), Some(14));
+    // A room the client is not in asks nothing.
+    t.reply(
+        &RoomReply::event(RoomOp::Missed, "other", "alice", None),
+        s(5),
+    );
+    assert!(t.requests().is_empty());
+    assert!(t.events().is_empty());
+}

@@ -603,10 +603,13 @@ async fn replay_06_errors_and_garbage_seed() {
 /// Scenario 02 with the QoS clock scaled down: a receiver that never ACKs gets the
 /// original and one resend, the sender exactly one relay ACK, and the loss is
 /// reported; an ACK after the resend stops it; an immediate ACK means no resend.
+/// Upstream's rules: without the social extension, whose server keeps such a
+/// message in the receiver's offline box instead (`server::session::tests`).
 #[tokio::test]
 async fn s2c_qos_resend_and_loss_02() {
     bounded(async {
         let mut c = config(Dialect::MobileImSdkV6);
+        c.extensions = false;
         c.s2c_qos.resend_after = Duration::from_millis(200);
         c.s2c_qos.lost_after = Duration::from_millis(200);
         let hooks = Recorder::new();

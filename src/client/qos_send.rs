@@ -22,8 +22,10 @@
 //!   `resend_after`), at most `max_throttled` times; after that the normal schedule
 //!   goes on. Throttling can so delay a loss by at most the sum of those back-offs.
 
+use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::Hash;
 use std::time::Duration;
 
 use crate::protocol::Frame;
@@ -100,17 +102,43 @@ pub struct QosTick {
 
 /// Pending QoS frames keyed by fingerprint, with a deadline queue so that a tick costs
 /// O(expired · log n), not O(pending).
-#[derive(Debug, Default)]
-pub struct QosSendTable {
+///
+/// The key is the fingerprint on a client. The server keeps one table per receiver,
+/// keyed by sender and fingerprint (`K = (String, String)`), so both sides follow
+/// the same resend rule.
+#[derive(Debug)]
+pub struct QosSendTable<K = String> {
     config: QosSendConfig,
-    pending: HashMap<String, Pending>,
+    pending: HashMap<K, Pending>,
     next_seq: u64,
     /// Deadlines, earliest first, then in sending order. An entry is live only while
     /// it matches the pending entry's current deadline.
-    queue: BinaryHeap<Reverse<(Duration, u64, String)>>,
+    queue: BinaryHeap<Reverse<(Duration, u64, K)>>,
+}
+
+impl<K> Default for QosSendTable<K> {
+    fn default() -> Self {
+        Self {
+            config: QosSendConfig::default(),
+            pending: HashMap::new(),
+            next_seq: 0,
+            queue: BinaryHeap::new(),
+        }
+    }
 }
 
 impl QosSendTable {
+    /// Tracks a QoS frame that was just written (`written`), or that waits for the
+    /// next login to be written (`!written`), under its fingerprint. Frames without a
+    /// fingerprint are ignored (they cannot be ACKed). A frame already pending under
+    /// the same fingerprint is replaced, keeping one entry per fingerprint.
+    pub fn track(&mut self, frame: Frame, written: bool, now: Duration) {
+        let Some(fp) = frame.fp.clone() else { return };
+        self.insert(fp, frame, written, now);
+    }
+}
+
+impl<K: Hash + Eq + Ord + Clone> QosSendTable<K> {
     /// An empty table.
     pub fn new(config: QosSendConfig) -> Self {
         Self {
@@ -124,12 +152,9 @@ impl QosSendTable {
         self.config
     }
 
-    /// Tracks a QoS frame that was just written (`written`), or that waits for the
-    /// next login to be written (`!written`). Frames without a fingerprint are
-    /// ignored (they cannot be ACKed). A frame already pending under the same
-    /// fingerprint is replaced, keeping one entry per fingerprint.
-    pub fn track(&mut self, frame: Frame, written: bool, now: Duration) {
-        let Some(fp) = frame.fp.clone() else { return };
+    /// Tracks `frame` under `key`, as [`track`](QosSendTable::track) does under the
+    /// frame's fingerprint.
+    pub fn insert(&mut self, fp: K, frame: Frame, written: bool, now: Duration) {
         let deadline = now + self.config.wait_after(0);
         self.next_seq += 1;
         self.queue
@@ -161,13 +186,21 @@ impl QosSendTable {
 
     /// An ACK for `fp`: returns true if it was pending (delivered now), false for a
     /// late, duplicate or unknown ACK.
-    pub fn ack(&mut self, fp: &str) -> bool {
+    pub fn ack<Q>(&mut self, fp: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.remove(fp).is_some()
     }
 
     /// Takes `fp` out of the table, settled (an ACK, or the server's refusal);
     /// returns its frame, `None` when it was not pending.
-    pub fn remove(&mut self, fp: &str) -> Option<Frame> {
+    pub fn remove<Q>(&mut self, fp: &Q) -> Option<Frame>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let entry = self.pending.remove(fp);
         self.compact();
         entry.map(|p| p.frame)
@@ -222,14 +255,14 @@ impl QosSendTable {
     /// only on an earlier link and has a resend left (see the module docs). Returns
     /// the frames and how many of them count as resends.
     pub fn login_flush(&mut self, now: Duration) -> (Vec<Frame>, u64) {
-        let mut due: Vec<(u64, &str)> = self
+        let mut due: Vec<(u64, &K)> = self
             .pending
             .iter()
             .filter(|(_, p)| p.owed || p.resends < self.config.max_resends)
-            .map(|(fp, p)| (p.seq, fp.as_str()))
+            .map(|(fp, p)| (p.seq, fp))
             .collect();
-        due.sort_unstable();
-        let due: Vec<String> = due.into_iter().map(|(_, fp)| fp.to_owned()).collect();
+        due.sort_unstable_by_key(|(seq, _)| *seq);
+        let due: Vec<K> = due.into_iter().map(|(_, fp)| fp.clone()).collect();
         let mut frames = Vec::with_capacity(due.len());
         let mut resends = 0;
         for fp in due {
@@ -259,7 +292,11 @@ impl QosSendTable {
     /// message is written again after the returned back-off, and its schedule goes on
     /// from that write. `None` when `fp` is not pending, waits for a login, or has no
     /// retries left (its normal schedule goes on).
-    pub fn throttled(&mut self, fp: &str, now: Duration) -> Option<Duration> {
+    pub fn throttled<Q>(&mut self, fp: &Q, now: Duration) -> Option<Duration>
+    where
+        K: Borrow<Q> + for<'a> From<&'a Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let config = self.config;
         let entry = self.pending.get_mut(fp)?;
         if entry.owed || entry.throttled >= config.max_throttled {
@@ -273,7 +310,7 @@ impl QosSendTable {
         entry.throttled_retry = true;
         entry.deadline = now + backoff;
         self.queue
-            .push(Reverse((entry.deadline, entry.seq, fp.to_owned())));
+            .push(Reverse((entry.deadline, entry.seq, K::from(fp))));
         Some(backoff)
     }
 
@@ -297,8 +334,17 @@ impl QosSendTable {
     }
 
     /// Whether `fp` waits for an ACK.
-    pub fn contains(&self, fp: &str) -> bool {
+    pub fn contains<Q>(&self, fp: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.pending.contains_key(fp)
+    }
+
+    /// The keys of the pending frames, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.pending.keys()
     }
 
     /// Drops dead queue entries once they outnumber the live ones two to one, so

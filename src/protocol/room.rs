@@ -125,6 +125,10 @@ pub enum RoomOp {
     Left,
     /// Reply only: a member of `room` (`user`) went online or offline (`online`).
     Presence,
+    /// Event only: live copies of messages of `room` could not be handed to this
+    /// member (`user`: the member itself), whose queue was full; they are in the
+    /// room's history, and a re-join with `after` fetches them.
+    Missed,
     /// An op this side does not know (a newer peer); answered with 400.
     #[serde(other)]
     Unknown,

@@ -96,7 +96,10 @@ pub trait ServerHooks: Send + Sync + 'static {
     }
 
     /// A server-to-client QoS frame to `user_id` was never acknowledged, after every
-    /// resend.
+    /// resend (a resend due while the user was offline is written at their login,
+    /// if they come back in time). With the social extension a direct message from
+    /// another user is kept in the user's offline box instead, and this is called
+    /// only when the box refuses it; room messages stay in the room's history.
     fn on_s2c_lost(&self, user_id: &str, frame: &Frame) {
         let _ = (user_id, frame);
     }

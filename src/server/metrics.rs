@@ -58,7 +58,7 @@ pub enum RejectReason {
     NotMember,
     /// A malformed room request (400), or one refused with another code.
     BadRoomRequest,
-    /// The store could not be written (503): nothing was stored or delivered.
+    /// The store could not be written (500): nothing was stored or delivered.
     StoreFailed,
     /// The receiver's offline box is full (507).
     OfflineBoxFull,
@@ -196,6 +196,8 @@ pub(crate) struct Metrics {
     pub receiver_busy: AtomicU64,
     pub qos_resends: AtomicU64,
     pub qos_lost: AtomicU64,
+    pub s2c_kept: AtomicU64,
+    pub room_gaps: AtomicU64,
     frames_in: [AtomicU64; 8],
     frames_out: [AtomicU64; 9],
     rejected: [AtomicU64; 26],
@@ -230,6 +232,8 @@ impl Metrics {
             receiver_busy: load(&self.receiver_busy),
             qos_resends: load(&self.qos_resends),
             qos_lost: load(&self.qos_lost),
+            s2c_kept: load(&self.s2c_kept),
+            room_gaps: load(&self.room_gaps),
             frames_in: IN_LABELS
                 .iter()
                 .zip(&self.frames_in)
@@ -269,8 +273,14 @@ pub struct MetricsSnapshot {
     pub receiver_busy: u64,
     /// Server-to-client QoS resends.
     pub qos_resends: u64,
-    /// Server-to-client QoS frames given up as lost.
+    /// Server-to-client QoS frames that ran out of resends (kept or lost).
     pub qos_lost: u64,
+    /// Of those, direct messages kept in the receiver's offline box for its next
+    /// login instead of being lost (social extension only).
+    pub s2c_kept: u64,
+    /// Times a member missed live copies of a room's messages (its queue was full)
+    /// and was sent a `missed` event to fetch them from the history.
+    pub room_gaps: u64,
     /// Inbound text frames by meaning (`login`, `keepalive`, `data`, `logout`, `ack`,
     /// `echo`, `other`).
     pub frames_in: BTreeMap<&'static str, u64>,
@@ -356,8 +366,20 @@ impl MetricsSnapshot {
         single(
             "im_qos_lost_total",
             "counter",
-            "Server-to-client QoS frames declared lost.",
+            "Server-to-client QoS frames that ran out of resends.",
             self.qos_lost,
+        );
+        single(
+            "im_s2c_kept_total",
+            "counter",
+            "Unacknowledged direct messages kept in the receiver's offline box.",
+            self.s2c_kept,
+        );
+        single(
+            "im_room_gaps_total",
+            "counter",
+            "Members that missed live room messages and were told to fetch them.",
+            self.room_gaps,
         );
         let mut family = |name: &str, help: &str, label: &str, map: &BTreeMap<&str, u64>| {
             let _ = writeln!(out, "# HELP {name} {help}");

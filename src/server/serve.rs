@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::config::{ServerConfig, TlsConfig};
 use super::hooks::ServerHooks;
-use super::metrics::{MetricsSnapshot, RejectReason, serve_metrics};
+use super::metrics::{Metrics, MetricsSnapshot, RejectReason, serve_metrics};
 use super::session::{self, ConnectionGuard};
 use super::state::{Command, DeliverError, Shared};
 use super::store::StoreHandle;
@@ -275,29 +275,9 @@ async fn connection(
 async fn qos_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
     loop {
-        let (lost, next) = shared.run_qos_deadlines(Instant::now());
-        // Rooms: members whose grace period ended are removed.
-        let rooms_next = {
-            let mut state = shared.lock();
-            let now = shared.uptime(Instant::now());
-            let notices = state.rooms.tick(now);
-            shared.notify(&mut state, notices);
-            state
-                .rooms
-                .next_deadline()
-                .map(|at| Instant::now() + at.saturating_sub(now))
-        };
-        let next = match (next, rooms_next) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let (lost, next) = shared.run_timers(Instant::now());
         for (user, frame) in lost {
-            tracing::debug!(%user, fp = ?frame.fp, "server-to-client QoS frame lost");
-            // A panicking hook must not stop every other user's resends.
-            let call = std::panic::AssertUnwindSafe(|| shared.hooks.on_s2c_lost(&user, &frame));
-            if std::panic::catch_unwind(call).is_err() {
-                tracing::error!(%user, "the on_s2c_lost hook panicked");
-            }
+            tokio::spawn(settle_lost(shared.clone(), user, frame));
         }
         let next = next.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
@@ -305,6 +285,46 @@ async fn qos_loop(shared: Arc<Shared>) {
             _ = shared.qos_wake.notified() => {}
             _ = super::state::until_shutdown(&mut shutdown) => return,
         }
+    }
+}
+
+/// What becomes of a server-to-client frame that ran out of resends: a user's
+/// direct message relayed live, on a server with the social extension, goes to the
+/// receiver's offline box; anything else (the host's own pushes included), or what
+/// the box refuses, is reported to the host. Room messages are in the room's history (a client catches up on its next
+/// join), and a frame that came from the box (it has a `mid`) is still there.
+pub(crate) async fn settle_lost(shared: Arc<Shared>, user: String, frame: Frame) {
+    let keep = shared.config.extensions
+        && frame.mid.is_none()
+        && frame.from_id() != crate::protocol::SERVER_ID
+        && !frame.to_id().starts_with(crate::protocol::ROOM_PREFIX);
+    if !keep {
+        return s2c_lost(&shared, &user, &frame);
+    }
+    let stored = shared.store.offline_push(
+        &user,
+        frame.from_id(),
+        frame.content(),
+        frame.typeu,
+        frame.fp.as_deref(),
+        session::now_ms(),
+    );
+    match stored.await {
+        Ok(_) => Metrics::inc(&shared.metrics.s2c_kept),
+        Err(e) => {
+            tracing::warn!(%user, "an unacknowledged frame could not be kept: {e}");
+            s2c_lost(&shared, &user, &frame);
+        }
+    }
+}
+
+/// Reports a server-to-client frame given up to the host.
+fn s2c_lost(shared: &Shared, user: &str, frame: &Frame) {
+    tracing::debug!(%user, fp = ?frame.fp, "server-to-client QoS frame lost");
+    // A panicking hook must not stop every other user's resends.
+    let call = std::panic::AssertUnwindSafe(|| shared.hooks.on_s2c_lost(user, frame));
+    if std::panic::catch_unwind(call).is_err() {
+        tracing::error!(%user, "the on_s2c_lost hook panicked");
     }
 }
 

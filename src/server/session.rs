@@ -14,6 +14,8 @@ mod login;
 mod relay;
 mod social;
 mod socket;
+#[cfg(test)]
+mod tests;
 
 use social::{Job, served_extensions};
 pub(crate) use socket::{ConnectionGuard, run};
@@ -30,7 +32,7 @@ use crate::protocol::{
 const BYE: &str = "Bye";
 
 /// Milliseconds since the Unix epoch: the `firstLoginTime` a fresh login is given.
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -16,8 +16,8 @@ use super::hooks::ServerHooks;
 use super::metrics::{Metrics, MetricsSnapshot, RejectReason};
 use super::rooms::{Notice, Rooms};
 use super::store::StoreHandle;
-use crate::client::{DedupConfig, QosReceiveFilter};
-use crate::protocol::{Frame, KickoutCode, ServerKind};
+use crate::client::{DedupConfig, QosReceiveFilter, QosSendConfig, QosSendTable};
+use crate::protocol::{Frame, KickoutCode, RoomOp, RoomReply, ServerKind};
 
 /// Resolves once the server is shutting down (at once if it already is).
 pub(crate) async fn until_shutdown(rx: &mut watch::Receiver<bool>) {
@@ -62,25 +62,19 @@ pub(crate) struct Registered {
     pub first_login_time: i64,
 }
 
-#[derive(Debug)]
-struct Pending {
-    frame: Frame,
-    text: String,
-    resends: u32,
-    seq: u64,
-}
-
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Deadline {
-    at: Instant,
-    seq: u64,
-    user: String,
-    key: PendingKey,
-}
-
 /// A pending server-to-client frame is known by its sender and fingerprint: two
 /// senders that pick the same fingerprint never displace each other's frames.
 type PendingKey = (String, String);
+
+/// One receiver's unacknowledged server-to-client frames: the client's
+/// [`QosSendTable`], keyed by sender and fingerprint, on the server's clock
+/// ([`Shared::uptime`]), so both ends follow one resend rule.
+#[derive(Debug)]
+struct Receiver {
+    table: QosSendTable<PendingKey>,
+    /// The wake-up in [`State::wakeups`] that is live for this receiver.
+    wake: Duration,
+}
 
 /// The client-to-server dedup window, keyed by user and fingerprint: the client's
 /// [`QosReceiveFilter`] (deadline queue, bounded size) on the server's clock.
@@ -159,14 +153,20 @@ pub(crate) enum HookCall {
 pub(crate) struct State {
     pub sessions: HashMap<SessionId, SessionEntry>,
     pub online: HashMap<String, Registered>,
-    pending: HashMap<String, HashMap<PendingKey, Pending>>,
-    deadlines: BinaryHeap<Reverse<Deadline>>,
-    next_seq: u64,
+    /// Pending server-to-client QoS frames by receiver; a receiver with none has no
+    /// entry.
+    pending: HashMap<String, Receiver>,
+    /// When each receiver's table is next due, earliest first; an entry is live only
+    /// while it matches the receiver's `wake`.
+    wakeups: BinaryHeap<Reverse<(Duration, String)>>,
     pub dedup: Dedup,
     /// Rooms, memberships and presence.
     pub rooms: Rooms,
     /// For each user, the users whose direct messages they refuse.
     pub blocks: HashMap<String, HashSet<String>>,
+    /// For each user, the rooms whose live copies could not be handed to them (their
+    /// queue was full): told with a `missed` event once they read again.
+    pub behind: HashMap<String, HashSet<String>>,
     /// The per-user rate limit's buckets, while the user is online.
     pub user_buckets: HashMap<String, super::session::TokenBucket>,
     /// ACKs of stored messages, for resends.
@@ -224,11 +224,11 @@ impl Shared {
                 sessions: HashMap::new(),
                 online: HashMap::new(),
                 pending: HashMap::new(),
-                deadlines: BinaryHeap::new(),
-                next_seq: 0,
+                wakeups: BinaryHeap::new(),
                 dedup,
                 rooms,
                 blocks: HashMap::new(),
+                behind: HashMap::new(),
                 user_buckets: HashMap::new(),
                 recent_acks: RecentAcks::default(),
                 hook_queue: std::collections::VecDeque::new(),
@@ -357,55 +357,50 @@ impl Shared {
             return Err(DeliverError::Refused(RejectReason::PendingS2cFull));
         }
         let kind = frame.server_kind(self.config.dialect);
-        let out = Outgoing {
-            text: text.clone(),
-            kind,
-        };
+        let out = Outgoing { text, kind };
         match own {
             Some((me, queue)) if me == session => queue.push(out),
             _ => self.send_to_session(state, session, out)?,
         }
         if qos {
-            self.add_pending(state, to, frame.clone(), text);
+            self.add_pending(state, to, frame.clone());
         }
         Ok(())
     }
 
     /// Whether `user` can take one more pending QoS frame.
     pub fn pending_has_room(&self, state: &State, user: &str) -> bool {
-        state.pending.get(user).map_or(0, HashMap::len) < self.config.max_pending_s2c_per_user
+        state.pending.get(user).map_or(0, |r| r.table.len()) < self.config.max_pending_s2c_per_user
     }
 
     /// Starts the QoS clock of a frame just handed to `user`'s socket.
-    pub fn add_pending(&self, state: &mut State, user: &str, frame: Frame, text: String) {
+    pub fn add_pending(&self, state: &mut State, user: &str, frame: Frame) {
         let Some(fp) = frame.fp.clone() else {
             return;
         };
+        let now = self.uptime(Instant::now());
         let key: PendingKey = (frame.from_id().to_owned(), fp);
-        let qos = &self.config.s2c_qos;
-        let first = if qos.max_resends > 0 {
-            qos.resend_after
-        } else {
-            qos.lost_after
-        };
-        state.next_seq += 1;
-        let seq = state.next_seq;
-        state.deadlines.push(Reverse(Deadline {
-            at: Instant::now() + first,
-            seq,
-            user: user.to_owned(),
-            key: key.clone(),
-        }));
-        state.pending.entry(user.to_owned()).or_default().insert(
-            key,
-            Pending {
-                frame,
-                text,
-                resends: 0,
-                seq,
-            },
-        );
-        self.qos_wake.notify_one();
+        let s2c = self.config.s2c_qos;
+        let receiver = state
+            .pending
+            .entry(user.to_owned())
+            .or_insert_with(|| Receiver {
+                table: QosSendTable::new(QosSendConfig {
+                    resend_after: s2c.resend_after,
+                    max_resends: s2c.max_resends,
+                    lost_after: s2c.lost_after,
+                    ..QosSendConfig::default()
+                }),
+                wake: Duration::MAX,
+            });
+        receiver.table.insert(key, frame, true, now);
+        if let Some(next) = receiver.table.next_deadline()
+            && next < receiver.wake
+        {
+            receiver.wake = next;
+            state.wakeups.push(Reverse((next, user.to_owned())));
+            self.qos_wake.notify_one();
+        }
     }
 
     /// Stops the QoS clock of `fp` from `sender` to `user`: the client acknowledged
@@ -419,9 +414,9 @@ impl Shared {
         sender: &str,
         fp: &str,
     ) -> Option<Frame> {
-        let map = state.pending.get_mut(user)?;
+        let receiver = state.pending.get_mut(user)?;
         let key = if sender.is_empty() {
-            let mut matching = map.keys().filter(|(_, f)| f == fp);
+            let mut matching = receiver.table.keys().filter(|(_, f)| f == fp);
             match (matching.next(), matching.next()) {
                 (Some(k), None) => k.clone(),
                 _ => return None,
@@ -429,73 +424,138 @@ impl Shared {
         } else {
             (sender.to_owned(), fp.to_owned())
         };
-        let removed = map.remove(&key).map(|p| p.frame);
-        if map.is_empty() {
+        let removed = receiver.table.remove(&key);
+        if receiver.table.is_empty() {
             state.pending.remove(user);
+        }
+        if removed.is_some() {
+            self.tell_missed(state, user);
         }
         removed
     }
 
-    /// Resends what is due and gives up what has run out of resends. Returns the lost
-    /// frames (for the hook, called without the lock) and the next deadline.
+    /// Notes that a live copy of a message of `room` could not be handed to `user`.
+    pub fn missed(&self, state: &mut State, user: &str, room: &str) {
+        let rooms = state.behind.entry(user.to_owned()).or_default();
+        if rooms.insert(room.to_owned()) {
+            Metrics::inc(&self.metrics.room_gaps);
+        }
+    }
+
+    /// Tells `user` which rooms it missed live copies of (`missed` events), as far
+    /// as its queue takes them now; the rest wait for its next ACK.
+    fn tell_missed(&self, state: &mut State, user: &str) {
+        let Some(mut rooms) = state.behind.remove(user) else {
+            return;
+        };
+        let Some(session) = state.online.get(user).map(|r| r.session) else {
+            return;
+        };
+        rooms.retain(|room| {
+            let event = RoomReply::event(RoomOp::Missed, room, user, None);
+            let out = Outgoing {
+                text: Frame::room_reply(user, &event).to_json(),
+                kind: ServerKind::Room,
+            };
+            self.send_to_session(state, session, out).is_err()
+        });
+        if !rooms.is_empty() {
+            state.behind.insert(user.to_owned(), rooms);
+        }
+    }
+
+    /// Writes again, after a login, the frames still pending for `user` whose resend
+    /// came due while they were offline, or that were written only on the lost link
+    /// ([`QosSendTable::login_flush`]): queued on `out`, before anything else.
+    pub fn login_flush(&self, state: &mut State, user: &str, out: &mut Vec<Outgoing>) {
+        let Some(receiver) = state.pending.get_mut(user) else {
+            return;
+        };
+        let (frames, resends) = receiver.table.login_flush(self.uptime(Instant::now()));
+        if let Some(next) = receiver.table.next_deadline()
+            && next < receiver.wake
+        {
+            receiver.wake = next;
+            state.wakeups.push(Reverse((next, user.to_owned())));
+            self.qos_wake.notify_one();
+        }
+        self.metrics
+            .qos_resends
+            .fetch_add(resends, Ordering::Relaxed);
+        out.extend(frames.into_iter().map(|frame| Outgoing {
+            text: frame.to_json(),
+            kind: frame.server_kind(self.config.dialect),
+        }));
+    }
+
+    /// Runs every timer due at `now`: server-to-client QoS (see
+    /// [`run_qos_deadlines`](Self::run_qos_deadlines)) and the rooms' grace periods.
+    /// Returns the lost frames and when to call again.
+    pub fn run_timers(&self, now: Instant) -> (Vec<(String, Frame)>, Option<Instant>) {
+        let (lost, next) = self.run_qos_deadlines(now);
+        let rooms_next = {
+            let mut state = self.lock();
+            let at = self.uptime(now);
+            let notices = state.rooms.tick(at);
+            self.notify(&mut state, notices);
+            state.rooms.next_deadline().map(|d| self.started + d)
+        };
+        let next = match (next, rooms_next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        (lost, next)
+    }
+
+    /// Resends what is due and gives up what has run out of resends. A resend due
+    /// while the receiver is offline is owed, written by [`login_flush`](Self::login_flush)
+    /// if they come back in time. Returns the lost frames (for the offline box or the
+    /// hook, handled without the lock) and the next deadline.
     pub fn run_qos_deadlines(&self, now: Instant) -> (Vec<(String, Frame)>, Option<Instant>) {
-        let qos = self.config.s2c_qos;
+        let at = self.uptime(now);
         let mut lost = Vec::new();
         let mut state = self.lock();
-        while let Some(Reverse(d)) = state.deadlines.peek() {
-            if d.at > now {
+        while let Some(Reverse((due, _))) = state.wakeups.peek() {
+            if *due > at {
                 break;
             }
-            let Some(Reverse(d)) = state.deadlines.pop() else {
+            let Some(Reverse((due, user))) = state.wakeups.pop() else {
                 break;
             };
-            let Some((resends, text)) = state
-                .pending
-                .get(&d.user)
-                .and_then(|m| m.get(&d.key))
-                .filter(|p| p.seq == d.seq)
-                .map(|p| (p.resends, p.text.clone()))
-            else {
+            let session = state.online.get(&user).map(|r| r.session);
+            let Some(receiver) = state.pending.get_mut(&user).filter(|r| r.wake == due) else {
                 continue;
             };
-            if resends < qos.max_resends {
-                let target = state.online.get(&d.user).map(|r| r.session);
-                if let Some(session) = target {
+            let tick = receiver.table.tick(at, session.is_some());
+            match receiver.table.next_deadline() {
+                Some(next) if !receiver.table.is_empty() => {
+                    receiver.wake = next;
+                    state.wakeups.push(Reverse((next, user.clone())));
+                }
+                _ => {
+                    state.pending.remove(&user);
+                }
+            }
+            for frame in tick.resend {
+                Metrics::inc(&self.metrics.qos_resends);
+                if let Some(session) = session {
                     let out = Outgoing {
-                        text,
-                        kind: ServerKind::Data,
+                        text: frame.to_json(),
+                        kind: frame.server_kind(self.config.dialect),
                     };
                     // A failed resend still counts, as upstream's does.
                     let _ = self.send_to_session(&state, session, out);
                 }
-                Metrics::inc(&self.metrics.qos_resends);
-                let next = if resends + 1 < qos.max_resends {
-                    qos.resend_after
-                } else {
-                    qos.lost_after
-                };
-                if let Some(p) = state
-                    .pending
-                    .get_mut(&d.user)
-                    .and_then(|m| m.get_mut(&d.key))
-                {
-                    p.resends += 1;
-                }
-                state.deadlines.push(Reverse(Deadline {
-                    at: now + next,
-                    ..d
-                }));
-            } else if let Some(map) = state.pending.get_mut(&d.user) {
-                if let Some(p) = map.remove(&d.key) {
-                    lost.push((d.user.clone(), p.frame));
-                    Metrics::inc(&self.metrics.qos_lost);
-                }
-                if map.is_empty() {
-                    state.pending.remove(&d.user);
-                }
+            }
+            for frame in tick.lost {
+                Metrics::inc(&self.metrics.qos_lost);
+                lost.push((user.clone(), frame));
             }
         }
-        let next = state.deadlines.peek().map(|Reverse(d)| d.at);
+        let next = state
+            .wakeups
+            .peek()
+            .map(|Reverse((d, _))| self.started + *d);
         (lost, next)
     }
 }

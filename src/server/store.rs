@@ -104,6 +104,18 @@ const MIGRATIONS: [&str; SCHEMA_VERSION as usize] = [
 /// Most requests the writer thread runs in one transaction.
 const MAX_BATCH: usize = 257;
 
+/// How long a batch of writes nobody waits for (history kept beside a relay) may wait
+/// for more before it is committed: one commit per linger instead of one per wake-up
+/// keeps the writer from taking a core the relay needs. A write someone waits for
+/// ends the wait at once.
+const DETACHED_LINGER: Duration = Duration::from_millis(5);
+
+/// A request queued for the writer thread, and whether a caller waits for its commit.
+struct Queued {
+    job: Job,
+    awaited: bool,
+}
+
 /// How long a statement waits for a lock held by another connection to the same file
 /// before failing with [`StoreError::Busy`].
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -869,7 +881,7 @@ struct Done {
 type Job = Box<dyn FnOnce(&mut Store) -> Done + Send>;
 
 struct Inner {
-    tx: Sender<Job>,
+    tx: Sender<Queued>,
     /// Resolves (or errors) when the writer thread has ended and closed the store.
     exited: Mutex<Option<oneshot::Receiver<()>>>,
 }
@@ -913,7 +925,7 @@ impl StoreHandle {
 
     /// Starts the writer thread over an opened store.
     pub fn spawn(store: Store) -> Result<StoreHandle, StoreError> {
-        let (tx, rx) = crossbeam_channel::unbounded::<Job>();
+        let (tx, rx) = crossbeam_channel::unbounded::<Queued>();
         let (exited_tx, exited_rx) = oneshot::channel();
         std::thread::Builder::new()
             .name("im-store-writer".into())
@@ -951,7 +963,10 @@ impl StoreHandle {
                 }),
             }
         });
-        if let Err(e) = self.inner.tx.send(job) {
+        if let Err(e) = self.inner.tx.send(Queued {
+            job,
+            awaited: false,
+        }) {
             // The job (and with it `on_error`) came back: nothing will run it.
             drop(e);
             tracing::warn!("store writer thread is gone");
@@ -1012,7 +1027,7 @@ impl StoreHandle {
                 }),
             }
         });
-        let queued = self.inner.tx.send(job).is_ok();
+        let queued = self.inner.tx.send(Queued { job, awaited: true }).is_ok();
         async move {
             if !queued {
                 return Err(StoreError::Closed);
@@ -1218,17 +1233,27 @@ impl StoreHandle {
     }
 }
 
-/// The writer thread: batches until every handle is gone and the queue is empty.
-fn writer(mut store: Store, rx: Receiver<Job>) {
+/// The writer thread: batches until every handle is gone and the queue is empty. A
+/// batch takes what is queued; when nobody waits for any of it, it lingers up to
+/// [`DETACHED_LINGER`] for more.
+fn writer(mut store: Store, rx: Receiver<Queued>) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     // `recv` still yields what is queued after the last sender is dropped.
     while let Ok(first) = rx.recv() {
-        batch.push(first);
+        let mut awaited = first.awaited;
+        batch.push(first.job);
+        let linger_until = std::time::Instant::now() + DETACHED_LINGER;
         while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
+            let next = match rx.try_recv() {
+                Ok(q) => q,
+                Err(_) if awaited => break,
+                Err(_) => match rx.recv_deadline(linger_until) {
+                    Ok(q) => q,
+                    Err(_) => break,
+                },
+            };
+            awaited |= next.awaited;
+            batch.push(next.job);
         }
         run_batch(&mut store, batch.drain(..));
     }

@@ -22,6 +22,10 @@
 //!   kickout, a login as another user) every request fails with
 //!   [`RoomError::SessionEnded`] and every room is left
 //!   ([`RoomLeftReason::SessionEnded`]).
+//! - **No gap.** When the server could not hand the client live copies of a room's
+//!   messages (its queue was full) it sends a `missed` event; the client re-joins the
+//!   room with `after`, as after a re-login, and the reply brings what was missed
+//!   ([`RoomJoined`] with `rejoin`).
 //! - **No duplicates.** Room messages are delivered once per id and room: a live
 //!   copy, the catch-up of a re-join, and the client's own messages (their ids come
 //!   in the server's ACK; one whose ACK is still outstanding is known by its
@@ -377,14 +381,14 @@ impl ClientCore {
     }
 
     /// A frame of type 150: a reply (with `req`) or an event.
-    pub(super) fn on_room_frame(&mut self, frame: &Frame, _now: Duration) {
+    pub(super) fn on_room_frame(&mut self, frame: &Frame, now: Duration) {
         let reply: RoomReply = match decode_body(frame.data_content.as_deref()) {
             Ok(r) => r,
             Err(e) => return self.bad_frame(e.into()),
         };
         match reply.req {
             Some(req) => self.on_room_reply(req, reply),
-            None => self.on_room_event(reply),
+            None => self.on_room_event(reply, now),
         }
     }
 
@@ -476,12 +480,30 @@ impl ClientCore {
         }
     }
 
+    /// The server could not hand this client live copies of messages of `room` (its
+    /// queue was full): re-joined with `after`, as after a re-login, so the reply
+    /// brings what was missed. Nothing is asked while a join or leave of the room
+    /// is in flight (a join brings the same), or for a room the client is not in.
+    fn catch_up(&mut self, room: String, now: Duration) {
+        let busy = self.requests.iter().any(|r| {
+            matches!(r.op, RoomOp::Join | RoomOp::Leave) && r.room.as_deref() == Some(&room)
+        });
+        if busy || self.rooms.joined_mut(&room).is_none() {
+            return;
+        }
+        let req = self.requests.next_id();
+        self.enqueue(RoomRequest::new(req, RoomOp::Join).room(room), now);
+    }
+
     /// An event about a member of a room the client is in; events about other rooms
     /// (a join still in flight, a room just left) are ignored.
-    fn on_room_event(&mut self, event: RoomReply) {
+    fn on_room_event(&mut self, event: RoomReply, now: Duration) {
         let (Some(room), Some(user)) = (event.room, event.user) else {
             return;
         };
+        if event.op == RoomOp::Missed {
+            return self.catch_up(room, now);
+        }
         let client = self.entity;
         let me = self.user_id() == Some(user.as_str());
         let Some(state) = self.rooms.joined_mut(&room) else {

@@ -160,8 +160,12 @@ impl Session {
             return Step::bye(LogoutReason::Kicked(KickoutCode::DuplicateLogin));
         }
         {
-            // Back within the grace period: shown online again in its rooms.
+            // Frames still pending from an earlier link go first, then the rooms
+            // hear that a user back within the grace period is online again.
             let mut state = shared.lock();
+            shared.login_flush(&mut state, &user, &mut self.out);
+            // The client re-joins its rooms after a login, which catches up anyway.
+            state.behind.remove(&user);
             let notices = state.rooms.came_online(&user);
             shared.notify(&mut state, notices);
         }

@@ -178,6 +178,9 @@ impl Session {
                 let private = state.rooms.is_private(&room);
                 match state.rooms.leave(user, &room) {
                     Ok(notices) => {
+                        if let Some(rooms) = state.behind.get_mut(user) {
+                            rooms.remove(&room);
+                        }
                         shared.notify(&mut state, notices);
                         drop(state);
                         if private {
@@ -449,7 +452,10 @@ impl Session {
     }
 }
 
-/// Hands a room message to every online member of `room` but its sender.
+/// Hands a room message to every online member of `room` but its sender. A member
+/// whose queue is full misses the live copy of a stored message and is sent a
+/// `missed` event at its next ACK; a message without QoS is not stored, and is
+/// simply not delivered to such a member.
 fn fan_out(shared: &Shared, room: &str, sender: &str, frame: &Frame) {
     let text = frame.to_json();
     let mut state = shared.lock();
@@ -458,6 +464,10 @@ fn fan_out(shared: &Shared, room: &str, sender: &str, frame: &Frame) {
             shared.deliver(&mut state, &member, frame, text.clone(), None)
         {
             shared.metrics.reject(r);
+            // A stored message: the member fetches it from the history once told.
+            if frame.mid.is_some() {
+                shared.missed(&mut state, &member, room);
+            }
         }
     }
 }

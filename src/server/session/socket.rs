@@ -51,15 +51,24 @@ impl Drop for ConnectionGuard {
 
 /// Removes the session from the shared state however its task ends, and reports the
 /// user's logout when this socket was the one routed to.
-struct SessionCleanup {
+pub(super) struct SessionCleanup {
     shared: Arc<Shared>,
     id: SessionId,
-    end: LogoutReason,
+    pub(super) end: LogoutReason,
     /// Set once the session left routing: the user it was routed as, if any.
     unrouted: Option<Option<String>>,
 }
 
 impl SessionCleanup {
+    pub(super) fn new(shared: Arc<Shared>, id: SessionId) -> Self {
+        Self {
+            shared,
+            id,
+            end: LogoutReason::Closed,
+            unrouted: None,
+        }
+    }
+
     /// Takes the session out of routing, so that nothing more is handed to a socket
     /// that is closing; the logout hook still runs when the cleanup is dropped.
     fn unroute(&mut self) {
@@ -286,12 +295,7 @@ async fn serve_socket<S>(
             user: None,
         },
     );
-    let mut cleanup = SessionCleanup {
-        shared: shared.clone(),
-        id,
-        end: LogoutReason::Closed,
-        unrouted: None,
-    };
+    let mut cleanup = SessionCleanup::new(shared.clone(), id);
     let linger = shared.config.close_linger;
     let read_timeout = shared.config.read_timeout;
     let mut session = Session::new(id, shared.clone(), Instant::now());
