@@ -46,6 +46,7 @@ struct Script {
 impl Script {
     fn new(dialect: Dialect) -> Self {
         Self::with(ClientConfig {
+            relogin_spread: Duration::ZERO,
             dialect,
             jitter_seed: Some(1),
             ..ClientConfig::default()
@@ -127,6 +128,7 @@ impl Script {
     fn logged_in(dialect: Dialect, now: Duration, first_login_time: i64) -> Self {
         Self::logged_in_with(
             ClientConfig {
+                relogin_spread: Duration::ZERO,
                 dialect,
                 jitter_seed: Some(1),
                 ..ClientConfig::default()
@@ -360,6 +362,7 @@ fn failed_relogin_attempts_back_off_and_each_is_reported() {
 #[test]
 fn upstream_parity_relogin_retries_every_3_seconds() {
     let mut t = Script::with(ClientConfig {
+        relogin_spread: Duration::ZERO,
         relogin: ReloginPolicy::UPSTREAM,
         ..ClientConfig::default()
     });
@@ -683,6 +686,7 @@ fn the_dedup_window_expires_after_ten_minutes() {
     // Keepalives every hour, so that ticking over 30 minutes keeps the session.
     let mut t = Script::logged_in_with(
         ClientConfig {
+            relogin_spread: Duration::ZERO,
             dialect: Dialect::MobileImSdkV6,
             sense_mode: SenseMode::Custom {
                 interval: s(3600),
@@ -1020,6 +1024,7 @@ fn a_fresh_token_restarts_a_relogin_refused_by_the_server() {
 fn lost_at_20(limits: ReloginLimits) -> Script {
     let mut t = Script::logged_in_with(
         ClientConfig {
+            relogin_spread: Duration::ZERO,
             relogin: ReloginPolicy::UPSTREAM,
             relogin_limits: limits,
             ..ClientConfig::default()
@@ -1136,6 +1141,7 @@ fn a_successful_relogin_gives_the_next_loss_its_own_attempts() {
 #[test]
 fn a_link_that_drops_right_after_relogin_is_not_hammered() {
     let mut t = Script::with(ClientConfig {
+        relogin_spread: Duration::ZERO,
         relogin: ReloginPolicy::UPSTREAM,
         ..ClientConfig::default()
     });
@@ -1305,6 +1311,7 @@ fn qos_messages_sent_while_relogging_are_queued_and_written_in_order() {
 #[test]
 fn the_queue_while_relogging_is_bounded_and_loses_on_time() {
     let mut t = Script::with(ClientConfig {
+        relogin_spread: Duration::ZERO,
         max_queued: 2,
         jitter_seed: Some(1),
         ..ClientConfig::default()
@@ -1555,4 +1562,110 @@ fn a_busy_receiver_is_retried_like_throttling_not_refused() {
     t.c.tick(ms(600));
     assert_eq!(t.sent(), [original], "written again after the back-off");
     assert_eq!(t.c.pending_count(), 1, "still pending, not refused");
+}
+
+#[test]
+fn the_default_dedup_remembers_100_000_fingerprints_then_forgets_the_oldest() {
+    let mut t = Script::logged_in(Dialect::MobileImSdkV6, s(0), 5);
+    let copy = |n: usize| {
+        format!(
+            r#"{{"bridge":false,"type":2,"dataContent":"m","from":"bob","to":"alice","fp":"fp-{n}","QoS":true,"typeu":0,"sm":-1}}"#
+        )
+    };
+    let mut delivered = 0;
+    for n in 0..100_000 {
+        t.text(&copy(n), s(1));
+        if n % 1_000 == 999 {
+            t.actions();
+            delivered += t.events().len();
+        }
+    }
+    assert_eq!(delivered, 100_000);
+    assert_eq!(t.c.qos_recv().len(), 100_000, "all remembered at the cap");
+    // Every one of them is still a duplicate, the oldest included.
+    t.text(&copy(0), ms(1_500));
+    assert!(t.events().is_empty(), "fp-0 is remembered at 100,000");
+    // One more fingerprint: the oldest not seen since (fp-1) is forgotten.
+    t.text(&copy(100_000), s(2));
+    assert_eq!(t.events().len(), 1);
+    assert_eq!(t.c.qos_recv().len(), 100_000, "the cap holds");
+    t.text(&copy(0), s(2));
+    assert!(t.events().is_empty(), "fp-0 was refreshed, so kept");
+    t.text(&copy(1), s(2));
+    assert_eq!(t.events().len(), 1, "fp-1 was forgotten: delivered again");
+    t.text(&copy(3), s(2));
+    assert!(t.events().is_empty(), "fp-3 is still remembered");
+    assert_eq!(t.c.qos_recv().len(), 100_000);
+}
+
+#[test]
+fn an_ack_that_arrives_after_the_loss_is_no_second_outcome() {
+    for dialect in [Dialect::MobileImSdkV6, Dialect::Seed] {
+        let mut t = Script::logged_in(dialect, s(0), 5);
+        let fp = t.c.send(Outgoing::new("bob", "x"), s(0)).unwrap().unwrap();
+        for at in [3, 6] {
+            t.c.tick(s(at));
+        }
+        assert!(t.events().is_empty());
+        t.c.tick(s(9));
+        match &t.events()[..] {
+            [ClientEvent::MessagesLost(MessagesLost { frames, .. })] => {
+                assert_eq!(frames.len(), 1);
+                assert_eq!(frames[0].fp.as_deref(), Some(&*fp));
+            }
+            other => panic!("{dialect}: {other:?}"),
+        }
+        t.actions();
+        // The ACK of the first write, or of a resend, arrives late: twice.
+        let ack = Frame::server_ack(dialect, "bob", "alice", &fp);
+        t.server(ack.clone(), ms(9_200));
+        t.server(ack, ms(9_400));
+        assert!(t.events().is_empty(), "{dialect}: lost is the only outcome");
+        assert!(t.sent().is_empty(), "{dialect}: a server ACK is not ACKed");
+        assert_eq!(t.c.pending_count(), 0);
+        assert_eq!(t.c.stats().lost, 1);
+        assert!(t.c.is_logged_in(), "{dialect}");
+        for at in [12, 15, 18] {
+            t.c.tick(s(at));
+        }
+        assert!(
+            !t.events()
+                .iter()
+                .any(|e| matches!(e, ClientEvent::MessageDelivered(_))),
+            "{dialect}"
+        );
+    }
+}
+
+#[test]
+fn the_first_relogin_attempt_comes_within_the_spread_at_a_seeded_point() {
+    // The default spread, 0.5 s: clients that lose one server together spread out.
+    let firsts: Vec<Duration> = (1..=20)
+        .map(|seed| {
+            let mut t = Script::logged_in_with(
+                ClientConfig {
+                    jitter_seed: Some(seed),
+                    ..ClientConfig::default()
+                },
+                s(0),
+                5,
+            );
+            t.closed(None, "reset", s(60));
+            t.actions();
+            let due = t.c.relogin().due().expect("re-login is scheduled");
+            assert!(due >= s(60) && due < ms(60_500), "{due:?}");
+            t.c.tick(due - ms(1).min(due - s(60)));
+            if due > s(60) {
+                assert!(t.actions().is_empty(), "nothing before its point");
+            }
+            t.c.tick(due);
+            assert_eq!(t.acts(), [Act::Connect]);
+            due - s(60)
+        })
+        .collect();
+    let distinct: std::collections::HashSet<_> = firsts.iter().collect();
+    assert!(
+        distinct.len() >= 18,
+        "seeds pick different points: {firsts:?}"
+    );
 }

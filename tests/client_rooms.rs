@@ -40,6 +40,7 @@ fn s(n: u64) -> Duration {
 
 fn config() -> ClientConfig {
     ClientConfig {
+        relogin_spread: Duration::ZERO,
         dialect: Dialect::MobileImSdkV6,
         jitter_seed: Some(1),
         ..ClientConfig::default()
@@ -699,6 +700,7 @@ fn a_refused_message_is_reported_once_and_never_lost() {
 fn a_request_without_a_reply_fails_at_its_deadline_and_a_late_reply_is_ignored() {
     let mut t = Script::logged_in_with(
         ClientConfig {
+            relogin_spread: Duration::ZERO,
             room_request_timeout: s(4),
             ..config()
         },
@@ -1387,4 +1389,102 @@ fn a_missed_event_rejoins_from_the_last_id_once_and_fills_the_gap() {
     );
     assert!(t.requests().is_empty());
     assert!(t.events().is_empty());
+}
+
+#[test]
+fn a_500_naming_a_pending_message_is_one_refusal_and_never_resent() {
+    // What the server answers when its store cannot be written: 500 with the frame.
+    let mut t = Script::logged_in(ALL);
+    let store_failed = |frame: &Frame| {
+        Frame::error_response(&ErrorResponse {
+            error_code: 500,
+            error_msg: frame.to_json(),
+        })
+    };
+    let room_fp = t.c.send_to_room("lobby", "gg", s(0)).unwrap().unwrap();
+    let direct_fp =
+        t.c.send(Outgoing::new("carol", "later"), s(0))
+            .unwrap()
+            .unwrap();
+    let sent = t.sent();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(t.c.pending_count(), 2);
+    for (frame, fp) in sent.iter().zip([&room_fp, &direct_fp]) {
+        t.server(store_failed(frame), s(1));
+        assert_eq!(
+            t.events(),
+            [ClientEvent::MessageRefused(MessageRefused {
+                client: ME,
+                fp: Some(fp.clone()),
+                code: 500,
+                frame: frame.clone(),
+            })]
+        );
+    }
+    assert_eq!(t.c.pending_count(), 0);
+    // No resend and no loss report, ever.
+    for at in [3, 6, 9, 12] {
+        t.c.tick(s(at));
+    }
+    assert!(t.sent().iter().all(|f| f.ty != wire::COMMON_DATA));
+    assert!(t.events().iter().all(|e| !matches!(
+        e,
+        ClientEvent::MessagesLost(_) | ClientEvent::MessageRefused(_)
+    )));
+    assert_eq!(t.c.stats().lost, 0);
+    // The same 500 again: settled, so only a server error, and still no resend.
+    t.server(store_failed(&sent[0]), s(13));
+    assert!(matches!(
+        &t.events()[..],
+        [ClientEvent::ServerError(ServerError {
+            code: ResultCode::Other(500),
+            ..
+        })]
+    ));
+    assert!(t.sent().is_empty());
+    assert!(t.c.is_logged_in());
+}
+
+#[test]
+fn too_many_room_requests_in_flight_are_refused_at_once_and_write_nothing() {
+    let mut t = Script::logged_in_with(
+        ClientConfig {
+            relogin_spread: Duration::ZERO,
+            max_queued: 2,
+            ..config()
+        },
+        ALL,
+    );
+    t.c.join_room("lobby", s(1)).unwrap();
+    t.c.list_rooms(s(1)).unwrap();
+    let written = t.requests();
+    assert_eq!(written.len(), 2);
+    assert_eq!(t.c.pending_requests(), 2);
+    // Every kind of request is refused while two wait for their replies.
+    let full = RoomError::TooManyPending(2);
+    assert_eq!(t.c.join_room("other", s(1)), Err(full.clone()));
+    assert_eq!(t.c.leave_room("lobby", s(1)), Err(full.clone()));
+    assert_eq!(t.c.room_members("lobby", s(1)), Err(full.clone()));
+    assert_eq!(t.c.room_history("lobby", None, 20, s(1)), Err(full.clone()));
+    assert_eq!(t.c.direct_history("bob", None, 20, s(1)), Err(full.clone()));
+    assert_eq!(t.c.list_rooms(s(1)), Err(full.clone()));
+    assert_eq!(t.c.block("bob", s(1)), Err(full.clone()));
+    assert_eq!(t.c.unblock("bob", s(1)), Err(full.clone()));
+    assert_eq!(full.code(), ResultCode::NoLogin);
+    assert!(t.c.take_actions().is_empty(), "nothing written");
+    assert!(t.events().is_empty(), "the error is the outcome");
+    assert_eq!(t.c.pending_requests(), 2);
+    assert!(
+        t.c.rooms().get("other").is_none(),
+        "the refused join is not tracked"
+    );
+    // A reply frees a place.
+    let mut rooms = RoomReply::to(&written[1], 0);
+    rooms.rooms = Vec::new();
+    t.reply(&rooms, s(2));
+    assert!(matches!(&t.events()[..], [ClientEvent::RoomList(_)]));
+    assert_eq!(t.c.pending_requests(), 1);
+    t.c.room_members("lobby", s(2)).unwrap();
+    assert_eq!(t.requests().len(), 1);
+    assert_eq!(t.c.join_room("other", s(2)), Err(full));
 }

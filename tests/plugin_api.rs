@@ -303,6 +303,9 @@ fn a_refused_relogin_stops_until_the_game_gives_a_fresh_token() {
     let mut t = ImTestApp::memory(config());
     t.login("alice");
     t.peer().drop_link();
+    t.step();
+    // The first attempt, within the re-login spread.
+    t.advance_to_next_deadline();
     t.steps(2);
     assert!(t.wire().iter().any(|f| f.ty == wire::LOGIN));
     // The token expired: the server refuses the re-login.
@@ -427,4 +430,213 @@ fn the_state_and_messages_are_reflected_for_inspectors() {
             .and_then(|f| f.try_downcast_ref::<String>()),
         Some(&"gg".to_owned())
     );
+}
+
+/// Runs `updates` updates, answering every keepalive, and returns the frames written
+/// meanwhile with the time each was seen at.
+fn run_answering_keepalives(
+    t: &mut ImTestApp,
+    updates: usize,
+) -> Vec<(std::time::Duration, Frame)> {
+    let mut seen = Vec::new();
+    for _ in 0..updates {
+        t.step();
+        let now = t.now();
+        for f in t.wire() {
+            if f.ty == wire::KEEP_ALIVE {
+                t.push(Frame::keepalive_response("alice"));
+            }
+            seen.push((now, f));
+        }
+    }
+    seen
+}
+
+#[test]
+fn the_config_builders_reach_the_client_and_change_what_it_does() {
+    use bevy_im::client::{DedupConfig, QosSendConfig};
+    use std::time::Duration;
+    let secs = Duration::from_secs;
+    let mut c = ImConfig::new("mem://server")
+        .dialect(Dialect::MobileImSdkV6)
+        .sense_mode(SenseMode::Mode3s)
+        .qos(QosSendConfig {
+            resend_after: secs(1),
+            max_resends: 1,
+            lost_after: secs(2),
+            ..QosSendConfig::default()
+        })
+        .dedup(DedupConfig {
+            window: secs(30),
+            max_entries: 2,
+        })
+        .max_frame_bytes(600)
+        .connect_timeout(secs(2))
+        .room_request_timeout(secs(4));
+    c.inbox_capacity = 2;
+    let mut t = ImTestApp::memory(c.clone());
+    assert_eq!(*t.app.world().resource::<ImConfig>(), c);
+    assert_eq!(t.core().config(), &c.client);
+    assert_eq!(
+        (
+            c.transport.connect_timeout,
+            c.transport.max_frame_bytes,
+            c.client.max_frame_bytes,
+            c.client.room_request_timeout,
+        ),
+        (secs(2), 600, 600, secs(4))
+    );
+    t.login("alice");
+    let logged_in = t.now();
+
+    // sense_mode(Mode3s): the first keepalive 3 s after the login, not 5 s.
+    let first_keepalive = run_answering_keepalives(&mut t, 40)
+        .into_iter()
+        .find(|(_, f)| f.ty == wire::KEEP_ALIVE)
+        .map(|(at, _)| at - logged_in)
+        .expect("a keepalive within 4 s");
+    assert_eq!(first_keepalive, secs(3));
+
+    // qos(..): one resend 1 s after the send, lost 2 s after it.
+    let sent_at = t.now();
+    let fp = t
+        .run(|mut im: ImClient| im.send(Outgoing::new("bob", "anyone?")))
+        .unwrap()
+        .unwrap();
+    let mut writes = Vec::new();
+    let mut lost_at = None;
+    for _ in 0..60 {
+        for (at, f) in run_answering_keepalives(&mut t, 1) {
+            if f.fp.as_deref() == Some(&*fp) {
+                writes.push(at - sent_at);
+            }
+        }
+        if !t.heard::<MessagesLost>().is_empty() {
+            lost_at = Some(t.now() - sent_at);
+            break;
+        }
+    }
+    assert_eq!(writes, [secs(0) + t_step(), secs(1)]);
+    // Lost in the tick at 3 s; the game hears it in the next update.
+    assert_eq!(lost_at, Some(secs(3) + t_step()));
+
+    // max_frame_bytes(600): a frame of exactly 600 bytes is written, 601 is refused.
+    let base = Frame::data("alice", "bob", "", false, None, 0)
+        .to_json()
+        .len();
+    let sized = |n: usize| Outgoing::new("bob", "z".repeat(n - base)).qos(false);
+    let (fits, over) = (sized(600), sized(601));
+    assert_eq!(
+        t.run(move |mut im: ImClient| im.send(fits.clone())),
+        Ok(None)
+    );
+    assert_eq!(
+        t.run(move |mut im: ImClient| im.send(over.clone())),
+        Err(SendError::TooLarge {
+            len: 601,
+            limit: 600
+        })
+    );
+    t.step();
+    let written: Vec<usize> = t
+        .wire()
+        .iter()
+        .filter(|f| f.ty == wire::COMMON_DATA)
+        .map(|f| f.to_json().len())
+        .collect();
+    assert_eq!(written, [600]);
+
+    // dedup(window 30 s, at most 2): a third fingerprint pushes the first out.
+    let copy = |fp: &str, n: u32| {
+        Frame::data("bob", "alice", format!("{fp}{n}"), true, Some(fp.into()), 0)
+    };
+    for (n, fp) in ["a", "b", "c", "a", "c"].into_iter().enumerate() {
+        t.push(copy(fp, n as u32));
+    }
+    t.step();
+    let contents = |t: &mut ImTestApp| -> Vec<String> {
+        t.heard::<DataReceived>()
+            .into_iter()
+            .map(|d| d.content)
+            .collect()
+    };
+    assert_eq!(
+        contents(&mut t),
+        ["a0", "b1", "c2", "a3"],
+        "a was forgotten at 2 entries"
+    );
+    // The window: c, seen 29 s ago, is still a duplicate; a is forgotten at 30 s.
+    run_answering_keepalives(&mut t, 290);
+    t.push(copy("c", 5));
+    t.step();
+    assert!(contents(&mut t).is_empty(), "c is within 30 s");
+    run_answering_keepalives(&mut t, 9);
+    t.push(copy("a", 6));
+    t.step();
+    assert_eq!(contents(&mut t), ["a6"], "a again after 30 s");
+
+    // inbox_capacity = 2: of the five deliveries the inbox kept the last two, over
+    // the 300 updates in which the game did not drain it.
+    let (kept, overflowed) = t.run(|mut im: ImClient| {
+        let mut client = im.get();
+        let inbox = client.inbox();
+        let overflowed = inbox.overflowed();
+        let kept: Vec<String> = inbox.drain().map(|d| d.content).collect();
+        (kept, overflowed)
+    });
+    assert_eq!(kept, ["a3", "a6"]);
+    assert_eq!(overflowed, 3);
+}
+
+/// One update's worth of time, as the test kit steps.
+fn t_step() -> std::time::Duration {
+    bevy_im::testing::STEP
+}
+
+#[test]
+fn relogin_none_and_auto_relogin_false_mean_no_relogin_after_a_lost_link() {
+    let by_builder = config().relogin(None);
+    assert!(!by_builder.client.auto_relogin);
+    let mut by_field = config();
+    by_field.client.auto_relogin = false;
+    for (name, c) in [
+        ("relogin(None)", by_builder),
+        ("auto_relogin = false", by_field),
+    ] {
+        let mut t = ImTestApp::memory(c);
+        t.login("alice");
+        t.heard::<LoginSucceeded>();
+        t.peer().drop_link();
+        t.step();
+        assert_eq!(t.heard::<LinkClosed>().len(), 1, "{name}");
+        for _ in 0..5 {
+            t.advance_to_next_deadline();
+        }
+        t.steps(400);
+        assert_eq!(t.peer().connects().len(), 1, "{name}: no reconnect");
+        assert!(t.heard::<ReloginStarted>().is_empty(), "{name}");
+        assert_eq!(state(&t), ImConnection::Offline, "{name}");
+        assert_eq!(t.core().poll_timeout(), None, "{name}: nothing scheduled");
+        // The game can still log in again by hand.
+        t.login("alice");
+        assert_eq!(t.peer().connects().len(), 2, "{name}");
+    }
+
+    // relogin(Some(policy)) keeps re-login on, with that policy's delays.
+    let mut c = config().relogin(Some(ReloginPolicy::Fixed(std::time::Duration::from_secs(
+        7,
+    ))));
+    c.client.relogin_spread = std::time::Duration::ZERO;
+    let mut t = ImTestApp::memory(c);
+    t.login("alice");
+    t.peer().refuse_connects(true);
+    t.peer().drop_link();
+    t.step();
+    assert_eq!(t.peer().connects().len(), 2, "the first attempt at once");
+    t.step(); // its refusal
+    assert_eq!(
+        t.advance_to_next_deadline(),
+        Some(std::time::Duration::from_secs(7))
+    );
+    assert_eq!(t.peer().connects().len(), 3, "the second 7 s later");
 }

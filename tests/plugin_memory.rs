@@ -9,13 +9,18 @@ use bevy::time::TimeUpdateStrategy;
 use bevy_im::client::QosSendConfig;
 use bevy_im::plugin::diagnostics;
 use bevy_im::prelude::*;
-use bevy_im::protocol::{Frame, KickoutInfo, LoginInfo, LoginResponse, decode_body, wire};
+use bevy_im::protocol::{
+    Frame, KickoutInfo, LoginInfo, LoginResponse, MAX_FRAME_BYTES, decode_body, wire,
+};
 use bevy_im::testing::{ImTestApp, STEP};
-use bevy_im::transport::TransportConfig;
+use bevy_im::transport::{TransportConfig, TransportError};
 
+/// Re-login's first attempt at once (no spread), so that timelines read simply;
+/// `plugin_api` and `client_core` show the spread.
 fn config(dialect: Dialect) -> ImConfig {
     let mut c = ImConfig::new("mem://server").dialect(dialect);
     c.client.jitter_seed = Some(3);
+    c.client.relogin_spread = std::time::Duration::ZERO;
     c
 }
 
@@ -154,11 +159,23 @@ fn seed_dialect_acks_arrive_as_type_54() {
         .unwrap()
         .unwrap();
     h.step();
-    let ack = Frame::server_ack(Dialect::Seed, "0", "alice", &fp);
-    assert_eq!(ack.ty, 54);
-    h.push(ack);
+    // The seed server's ACK, written out by hand rather than by the crate's builder.
+    assert!(h.peer().push_text(format!(
+        r#"{{"bridge":false,"type":54,"dataContent":"{fp}","from":"0","to":"alice","QoS":false,"typeu":-1,"sm":-1}}"#
+    )));
     h.step();
-    assert_eq!(h.heard::<MessageDelivered>().len(), 1);
+    assert_eq!(
+        h.heard::<MessageDelivered>(),
+        [MessageDelivered {
+            client: h.client(),
+            fp,
+            stored: false,
+            mid: None,
+        }]
+    );
+    assert_eq!(h.run(|im: ImClient| im.pending_count()), 0);
+    assert!(h.heard::<Kicked>().is_empty(), "54 is not a kickout here");
+    assert!(h.core().is_logged_in());
 }
 
 #[test]
@@ -390,6 +407,8 @@ fn every_local_error_code_is_returned_at_once_and_writes_nothing() {
         h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "t"))),
         Err(LoginError::NoServerUrl)
     );
+    h.steps(2);
+    assert!(h.peer().connects().is_empty(), "no connect without a URL");
     let mut h = ImTestApp::memory_with(
         config(Dialect::Seed),
         TransportConfig {
@@ -483,8 +502,210 @@ fn diagnostics_report_pending_frames_and_rtt() {
     assert_eq!(value(&diagnostics::LOST), 1.0);
     assert_eq!(value(&diagnostics::RESENDS), 2.0);
     assert_eq!(value(&diagnostics::RTT_MS), 100.0, "one frame of 100 ms");
-    assert!(value(&diagnostics::FRAMES_OUT) >= 5.0);
-    assert!(value(&diagnostics::FRAMES_IN) >= 2.0);
+    assert_eq!(value(&diagnostics::RELOGINS), 0.0);
+    assert_eq!(value(&diagnostics::THROTTLED), 0.0);
+}
+
+/// The frame counts are exact: every frame the peer read or wrote, once.
+#[test]
+fn diagnostics_count_every_frame_once() {
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.login("alice"); // one frame each way
+    h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "x")).unwrap());
+    let (mut out, mut replies) = (Vec::new(), 0);
+    for n in 0..=100 {
+        h.step();
+        for f in h.wire() {
+            // The last update only reads the last reply.
+            if f.ty == wire::KEEP_ALIVE && n < 100 {
+                h.push(Frame::keepalive_response("alice"));
+                replies += 1;
+            }
+            out.push(f.ty);
+        }
+    }
+    // 10 s after the login: the message, its two resends, keepalives at 5 s and 10 s.
+    let count = |ty: i32| out.iter().filter(|t| **t == ty).count();
+    assert_eq!((count(wire::COMMON_DATA), count(wire::KEEP_ALIVE)), (3, 2));
+    assert_eq!((out.len(), replies), (5, 2));
+    assert_eq!(h.heard::<KeepaliveReply>().len(), 2);
+    let store = h.app.world().resource::<DiagnosticsStore>();
+    let value = |p: &DiagnosticPath| -> f64 { store.get(p).and_then(|d| d.value()).unwrap() };
+    assert_eq!(
+        value(&diagnostics::FRAMES_OUT),
+        6.0,
+        "the login and those five"
+    );
+    assert_eq!(
+        value(&diagnostics::FRAMES_IN),
+        3.0,
+        "the login reply and two replies"
+    );
+}
+
+#[test]
+fn the_frame_limit_is_exact_through_the_plugin() {
+    let mut h = ImTestApp::memory(config(Dialect::Seed));
+    h.login("alice");
+    h.wire();
+    let base = Frame::data("alice", "bob", "", false, None, 0)
+        .to_json()
+        .len();
+    let sized = |n: usize| Outgoing::new("bob", "z".repeat(n - base)).qos(false);
+    let (fits, over) = (sized(MAX_FRAME_BYTES), sized(MAX_FRAME_BYTES + 1));
+    assert_eq!(
+        h.run(move |mut im: ImClient| im.send(fits.clone())),
+        Ok(None)
+    );
+    assert_eq!(
+        h.run(move |mut im: ImClient| im.send(over.clone())),
+        Err(SendError::TooLarge {
+            len: MAX_FRAME_BYTES + 1,
+            limit: MAX_FRAME_BYTES
+        })
+    );
+    h.steps(2);
+    let sent: Vec<usize> = h.peer().take_sent().iter().map(String::len).collect();
+    assert_eq!(sent, [MAX_FRAME_BYTES]);
+    assert_eq!(
+        h.heard::<SendResult>(),
+        [SendResult {
+            client: h.client(),
+            fp: None,
+            code: ResultCode::Ok
+        }]
+    );
+}
+
+#[test]
+fn im_has_pending_and_the_relogin_count_follow_the_session() {
+    #[derive(Resource, Default)]
+    struct PendingFrames(u32);
+    // Upstream's schedule: the first re-login attempt at once, then every 3 s.
+    let mut h =
+        ImTestApp::memory(config(Dialect::MobileImSdkV6).relogin(Some(ReloginPolicy::UPSTREAM)));
+    h.app.init_resource::<PendingFrames>().add_systems(
+        Update,
+        (|mut n: ResMut<PendingFrames>| n.0 += 1).run_if(im_has_pending),
+    );
+    let pending_frames = |h: &ImTestApp| h.app.world().resource::<PendingFrames>().0;
+    h.login("alice");
+    h.steps(2);
+    assert_eq!(pending_frames(&h), 0);
+    let fp = h
+        .run(|mut im: ImClient| im.send(Outgoing::new("bob", "x")))
+        .unwrap()
+        .unwrap();
+    h.steps(3);
+    assert_eq!(pending_frames(&h), 3, "every frame while the message waits");
+    h.push(Frame::server_ack(
+        Dialect::MobileImSdkV6,
+        "bob",
+        "alice",
+        &fp,
+    ));
+    h.step();
+    assert_eq!(pending_frames(&h), 3, "the ACK is read before Update");
+    h.run(|mut im: ImClient| im.send(Outgoing::new("bob", "y").qos(false)).unwrap());
+    h.steps(3);
+    assert_eq!(
+        pending_frames(&h),
+        3,
+        "a message without QoS is never pending"
+    );
+
+    let relogins = |h: &ImTestApp| -> f64 {
+        h.app
+            .world()
+            .resource::<DiagnosticsStore>()
+            .get(&diagnostics::RELOGINS)
+            .and_then(|d| d.value())
+            .unwrap()
+    };
+    assert_eq!(relogins(&h), 0.0);
+    h.peer().refuse_connects(true);
+    h.peer().drop_link();
+    h.steps(2);
+    assert_eq!(relogins(&h), 1.0, "the first attempt, at once");
+    // The refusal was read: the next attempt 3 s later (upstream's fixed delay).
+    let due = h
+        .core()
+        .relogin()
+        .due()
+        .expect("the next attempt is scheduled");
+    assert_eq!(due - h.now(), std::time::Duration::from_secs(3));
+    for _ in 0..5 {
+        if h.peer().connects().len() == 3 {
+            break;
+        }
+        h.advance_to_next_deadline();
+    }
+    assert_eq!((h.peer().connects().len(), h.now()), (3, due));
+    h.step();
+    assert_eq!(relogins(&h), 2.0);
+    h.peer().refuse_connects(false);
+    for _ in 0..5 {
+        if h.peer().connects().len() == 4 {
+            break;
+        }
+        h.advance_to_next_deadline();
+    }
+    h.step();
+    assert_eq!(h.peer().connects().len(), 4);
+    assert_eq!(relogins(&h), 3.0);
+    h.wire();
+    h.push(Frame::login_response(
+        "alice",
+        &LoginResponse {
+            code: 0,
+            first_login_time: 1,
+            ext: Vec::new(),
+        },
+    ));
+    h.steps(50);
+    assert!(h.core().is_logged_in());
+    assert_eq!(relogins(&h), 3.0, "a session that holds adds none");
+    assert_eq!(
+        h.heard::<ReloginStarted>()
+            .iter()
+            .map(|r| r.attempt)
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    assert_eq!(h.peer().connects().len(), 4);
+}
+
+#[test]
+fn a_login_that_never_opens_is_a_link_error_at_the_login_timeout() {
+    let mut h = ImTestApp::memory(config(Dialect::MobileImSdkV6));
+    h.peer().hold_connects(true);
+    let asked_at = h.now();
+    h.run(|mut im: ImClient| im.login(LoginRequest::new("alice", "t")).unwrap());
+    h.step();
+    assert_eq!(h.peer().connects().len(), 1);
+    assert_eq!(
+        h.advance_to_next_deadline(),
+        Some(std::time::Duration::from_secs(10) - STEP),
+        "10 s from the login"
+    );
+    assert_eq!(h.now() - asked_at, std::time::Duration::from_secs(10));
+    h.step();
+    assert_eq!(
+        h.heard::<LinkError>(),
+        [LinkError {
+            client: h.client(),
+            error: TransportError::TimedOut(std::time::Duration::from_secs(10)),
+        }]
+    );
+    assert_eq!(
+        h.heard::<LoginFailed>(),
+        [LoginFailed {
+            client: h.client(),
+            code: ResultCode::BadConnectToServer,
+            relogin: false,
+        }]
+    );
+    assert!(h.heard::<LinkClosed>().is_empty(), "never logged in");
 }
 
 #[test]

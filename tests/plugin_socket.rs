@@ -418,3 +418,32 @@ fn three_clients_in_one_app_chat_through_the_server() {
     assert_eq!(server.handle().online_users().len(), 3);
     server.shutdown();
 }
+
+#[test]
+fn logins_as_the_server_or_as_a_room_get_code_4_and_no_retry() {
+    let server = server_at("127.0.0.1:0".parse().unwrap(), Dialect::MobileImSdkV6);
+    for user in ["0", "#lobby"] {
+        let mut t =
+            ImTestApp::connected(ImConfig::new(server.url()).dialect(Dialect::MobileImSdkV6));
+        // Small steps: the client's 10 s login timeout is far beyond the real wait.
+        t.set_step(Duration::from_millis(5));
+        t.start_login(user, "token");
+        let mut failed = Vec::new();
+        let answered = t.update_until(1_500, |t| {
+            failed.extend(t.heard::<LoginFailed>());
+            !failed.is_empty()
+        });
+        assert!(answered, "{user}: no LoginFailed");
+        assert_eq!(failed.len(), 1, "{user}: {failed:?}");
+        assert_eq!(failed[0].code, ResultCode::InvalidProtocol, "{user}");
+        assert_eq!(failed[0].code.code(), 4);
+        assert!(!failed[0].relogin);
+        assert!(t.heard::<LoginSucceeded>().is_empty());
+        // No retry: nothing more is heard, and the client stays offline.
+        t.steps(20);
+        assert!(t.heard::<LoginFailed>().is_empty(), "{user}");
+        assert_eq!(t.core().state(), ImConnection::Offline, "{user}");
+    }
+    assert!(server.handle().online_users().is_empty());
+    server.shutdown();
+}

@@ -25,6 +25,68 @@ const FRAME_KEYS: [&str; 9] = [
     "sm",
 ];
 
+/// The keys `Frame::decode` reads: upstream's and the extension's.
+const WIRE_KEYS: [&str; 11] = [
+    "bridge",
+    "type",
+    "dataContent",
+    "from",
+    "to",
+    "fp",
+    "QoS",
+    "typeu",
+    "sm",
+    "mid",
+    "stored",
+];
+
+/// The name `DecodeError::NotAnObject` gives a JSON value's kind.
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// `Frame::decode(text)` either succeeds on a JSON object or fails with the error
+/// that names what was wrong, checked against serde_json's own reading of `text`
+/// (after the same lone-surrogate repair): `NotJson` for what is not JSON,
+/// `NotAnObject` naming the kind found, or `BadField` naming a frame key the object
+/// holds a non-null value for.
+fn decode_outcome_is_explained(text: &str) -> Result<(), TestCaseError> {
+    let parsed = serde_json::from_str::<Value>(&replace_lone_surrogates(text));
+    match (Frame::decode(text), parsed) {
+        (Ok(_), Ok(Value::Object(_))) => {}
+        (Err(DecodeError::NotJson { reason }), Err(_)) => prop_assert!(!reason.is_empty()),
+        (Err(DecodeError::NotAnObject { found }), Ok(v)) if !v.is_object() => {
+            prop_assert_eq!(found, json_kind(&v));
+        }
+        (
+            Err(DecodeError::BadField {
+                field,
+                expected,
+                found,
+            }),
+            Ok(Value::Object(map)),
+        ) => {
+            prop_assert!(WIRE_KEYS.contains(&field), "{}", field);
+            prop_assert!(
+                map.get(field).is_some_and(|v| !v.is_null()),
+                "{} is not in {}",
+                field,
+                text
+            );
+            prop_assert!(!expected.is_empty() && !found.is_empty());
+        }
+        (got, parsed) => prop_assert!(false, "{:?} for {:?} (serde_json: {:?})", got, text, parsed),
+    }
+    Ok(())
+}
+
 /// Strings that stress JSON escaping: quotes, backslashes, control characters,
 /// surrogate-pair characters, and anything else Unicode has.
 fn arb_text() -> impl Strategy<Value = String> {
@@ -342,15 +404,26 @@ proptest! {
 
     #[test]
     fn decoding_arbitrary_text_never_panics(text in any::<String>()) {
-        if let Err(e) = Frame::decode(&text) {
-            prop_assert!(!e.to_string().is_empty());
-        }
+        decode_outcome_is_explained(&text)?;
     }
 
     #[test]
     fn decoding_json_like_text_never_panics(text in r#"[{}\[\]":, 0-9a-zA-Z.eE+\-\\]{0,64}"#) {
-        let _ = Frame::decode(&text);
-        let _ = decode_body::<LoginInfo>(Some(&text));
+        decode_outcome_is_explained(&text)?;
+        if let Err(e) = decode_body::<LoginInfo>(Some(&text)) {
+            prop_assert!(
+                matches!(&e, DecodeError::BadBody { body: "PLoginInfo", reason } if !reason.is_empty()),
+                "{:?}", e
+            );
+        }
+    }
+
+    #[test]
+    fn decoding_objects_with_wire_keys_names_what_was_wrong(
+        map in proptest::collection::btree_map(select(WIRE_KEYS.to_vec()), arb_json(), 0..5),
+    ) {
+        let text = Value::Object(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()).to_string();
+        decode_outcome_is_explained(&text)?;
     }
 
     #[test]

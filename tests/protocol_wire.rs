@@ -1,19 +1,32 @@
 //! The captured MobileIMSDK v6.5 traffic (`tests/data/wire/*.jsonl`) as test vectors
-//! for the frame codec and the control bodies.
+//! for the frame codec, the control bodies, the frame builders and the client core
+//! (what it writes, byte for byte, and what it makes of captured server lines).
 //!
 //! The vectors are read from `tests/data/wire/`, a copy of the project's capture in
 //! `../shared/wire/mobileimsdk-v6.5/`; `BEVY_IM_WIRE_DIR` points the tests at another
-//! copy of the same capture. `the_vendored_copy_matches_the_capture` keeps the two in step.
+//! copy of the same capture. `the_vendored_copy_matches_the_capture` checks the copy
+//! against the digests in `tests/data/wire-digest.txt` on every run, and against the
+//! capture itself where it is present.
 //!
 //! Every test counts what it checked and asserts the exact count, so a missing or
 //! renamed file fails loudly instead of passing on nothing.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use bevy::prelude::Entity;
+use bevy_im::client::{
+    Action, ClientConfig, ClientCore, ClientEvent, CloseReason, DataReceived, KeepaliveReply,
+    Kicked, LinkClosed, LoggedOut, LoginRequest, LoginSucceeded, MessageDelivered, Outgoing,
+    ReloginPolicy, ReloginStarted, ServerError,
+};
 
 use bevy_im::protocol::{
     ClientKind, DecodeError, Dialect, EncodeError, ErrorResponse, Frame, KeepAlive, KickoutCode,
-    KickoutInfo, LoginInfo, LoginResponse, MAX_FRAME_BYTES, ServerKind, decode_body, encode_body,
+    KickoutInfo, LoginInfo, LoginResponse, MAX_FRAME_BYTES, ResultCode, ServerKind, decode_body,
+    encode_body,
 };
 use serde_json::Value;
 
@@ -801,12 +814,48 @@ fn a_relogin_with_a_first_login_time_gets_it_back() {
     assert_eq!(checked, 4, "re-logins with a firstLoginTime");
 }
 
+/// The digests of the vendored capture files, checked in beside them.
+fn digest_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/wire-digest.txt")
+}
+
+/// FNV-1a, 64 bits: enough to notice a vendored file that changed by accident.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 #[test]
 fn the_vendored_copy_matches_the_capture() {
-    let Some(capture) = capture_dir() else {
-        eprintln!(
-            "../shared/wire/mobileimsdk-v6.5 is not beside this checkout; nothing to compare"
+    // The digest itself, against the published FNV-1a 64 test vectors.
+    assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
+    assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
+    assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+
+    // Always: every vendored file has the checked-in length and digest, so a clean
+    // clone without ../shared (CI) still notices a vendored file that drifted.
+    let listed = std::fs::read_to_string(digest_path()).unwrap();
+    let mut names = Vec::new();
+    for line in listed
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let [digest, len, name] = line.split_whitespace().collect::<Vec<_>>()[..] else {
+            panic!("bad digest line {line:?}");
+        };
+        let copy = std::fs::read(vendored_dir().join(name)).unwrap();
+        assert_eq!(
+            (format!("{:016x}", fnv1a64(&copy)), copy.len().to_string()),
+            (digest.to_owned(), len.to_owned()),
+            "tests/data/wire/{name} is not the capture that tests/data/wire-digest.txt names"
         );
+        names.push(name.to_owned());
+    }
+    assert_eq!(names, FILES, "every capture file has a digest, in order");
+
+    // Beside the original capture (or with BEVY_IM_WIRE_DIR): the bytes themselves.
+    let Some(capture) = capture_dir() else {
         return;
     };
     for name in FILES {
@@ -819,4 +868,544 @@ fn the_vendored_copy_matches_the_capture() {
             capture.display()
         );
     }
+}
+
+/// Every record, read once for the tests that look lines up by number.
+fn all_records() -> &'static [Record] {
+    static ALL: OnceLock<Vec<Record>> = OnceLock::new();
+    ALL.get_or_init(records)
+}
+
+/// The payload of line `line` of the capture file whose name starts with `file`.
+fn cap(file: &str, line: usize) -> &'static str {
+    let r = all_records()
+        .iter()
+        .find(|r| r.file.starts_with(file) && r.line == line)
+        .unwrap_or_else(|| panic!("no line {file}:{line}"));
+    assert!(r.is_text(), "{} is not a text frame", r.at());
+    &r.payload
+}
+
+/// The frame the client ACKs: the last server frame on the ACK's connection before
+/// it that carries the acked fingerprint.
+fn acked_frame(ack: &Record) -> Option<Frame> {
+    let fp = decode(ack).data_content?;
+    all_records()
+        .iter()
+        .filter(|x| x.file == ack.file && x.line < ack.line && x.conn == ack.conn)
+        .filter(|x| x.is_s2c() && x.is_text())
+        .filter_map(|x| Frame::decode(&x.payload).ok())
+        .rfind(|f| f.fp.as_deref() == Some(fp.as_str()))
+}
+
+#[test]
+fn the_builders_write_the_captured_client_frames_byte_for_byte() {
+    // Every complete client frame of the capture, rebuilt with the crate's builders
+    // from its ids, content, fingerprint and typeu only: the builders' defaults
+    // (bridge, QoS, typeu and sm of control frames, left-out keys, key order, the
+    // ACK's direction) must give upstream's bytes.
+    let mut same = BTreeMap::<&str, usize>::new();
+    let mut other = Vec::new();
+    for (r, _) in object_frames()
+        .iter()
+        .filter(|(r, v)| r.is_c2s() && is_complete(v))
+    {
+        let f = decode(r);
+        let (kind, built) = match f.client_kind() {
+            ClientKind::Login => (
+                "login",
+                decode_body::<LoginInfo>(f.data_content.as_deref())
+                    .ok()
+                    .map(|info| Frame::login(&info)),
+            ),
+            ClientKind::KeepAlive => ("keepalive", Some(Frame::keepalive(f.from_id()))),
+            ClientKind::Logout => ("logout", Some(Frame::logout(f.from_id()))),
+            ClientKind::Data => (
+                "data",
+                Some(Frame::data(
+                    f.from_id(),
+                    f.to_id(),
+                    f.content(),
+                    f.qos,
+                    f.fp.clone(),
+                    f.typeu,
+                )),
+            ),
+            ClientKind::Ack => ("ack", acked_frame(r).and_then(|got| Frame::ack_of(&got))),
+            ClientKind::Echo => ("echo", Some(Frame::echo(f.from_id(), f.content()))),
+            _ => ("other", None),
+        };
+        match built.map(|b| b.to_json()) {
+            Some(text) if text == r.payload => *same.entry(kind).or_default() += 1,
+            Some(text) => other.push((r.at(), kind, as_value(&text) == as_value(&r.payload))),
+            None => other.push((r.at(), kind, false)),
+        }
+    }
+    assert_eq!(
+        same,
+        BTreeMap::from([
+            ("ack", 7),
+            ("data", 17),
+            ("echo", 14),
+            ("keepalive", 49),
+            ("login", 23),
+            ("logout", 3),
+        ]),
+        "client frames the builders write byte for byte"
+    );
+    let other: Vec<_> = other
+        .iter()
+        .map(|(at, k, v)| (at.as_str(), *k, *v))
+        .collect();
+    assert_eq!(
+        other,
+        [
+            // The capture script's own echo with a fingerprint, QoS and typeu 3.
+            ("01_basic_flow.jsonl:48", "echo", false),
+            // Its ACK of that echo's reply, from alice to herself.
+            ("01_basic_flow.jsonl:50", "ack", false),
+            // Frames sent before any login, so nothing was received to ACK...
+            ("06_errors_and_garbage.jsonl:12", "ack", false),
+            // ... and types a client never sends.
+            ("06_errors_and_garbage.jsonl:30", "other", false),
+            // Logins without a usable body.
+            ("06_errors_and_garbage.jsonl:38", "login", false),
+            ("06_errors_and_garbage.jsonl:42", "login", false),
+            ("06_errors_and_garbage.jsonl:73", "other", false),
+            ("06_errors_and_garbage.jsonl:83", "other", false),
+            // Written with `", "` separators by the capture script: the same value.
+            ("06_errors_and_garbage.jsonl:105", "data", true),
+            ("06_errors_and_garbage.jsonl:111", "data", true),
+        ]
+    );
+}
+
+/// The entity named in every event of a core driven outside Bevy.
+const ME: Entity = Entity::PLACEHOLDER;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A client core driven by captured server lines; what it writes is compared with the
+/// captured client lines.
+struct Core {
+    c: ClientCore,
+}
+
+impl Core {
+    fn new(dialect: Dialect) -> Self {
+        Self {
+            c: ClientCore::new(ClientConfig {
+                dialect,
+                // Upstream's schedule: the first re-login attempt at once.
+                relogin: ReloginPolicy::UPSTREAM,
+                relogin_spread: Duration::ZERO,
+                jitter_seed: Some(1),
+                ..ClientConfig::default()
+            }),
+        }
+    }
+
+    /// Logs in with `request`: the link opens at once and the login is written.
+    fn login(&mut self, request: LoginRequest, now: Duration) -> Vec<String> {
+        self.c.login(request, now).unwrap();
+        let link = self.c.link().unwrap();
+        assert_eq!(self.c.take_actions(), [Action::Connect { link }]);
+        self.c.on_link_opened(link, now);
+        self.written()
+    }
+
+    /// The server's line `file:line` arrives.
+    fn feed(&mut self, file: &str, line: usize, now: Duration) {
+        let link = self.c.link().expect("a link");
+        self.c.on_text(link, cap(file, line), now);
+    }
+
+    /// The texts written since the last call; any other action fails the test.
+    fn written(&mut self) -> Vec<String> {
+        self.c
+            .take_actions()
+            .into_iter()
+            .map(|a| match a {
+                Action::Send { text, .. } => text,
+                other => panic!("expected only writes, got {other:?}"),
+            })
+            .collect()
+    }
+
+    fn events(&mut self) -> Vec<ClientEvent> {
+        self.c.take_events()
+    }
+}
+
+fn login_succeeded(user: &str, relogin: bool, first_login_time: i64) -> ClientEvent {
+    ClientEvent::LoginSucceeded(LoginSucceeded {
+        client: ME,
+        user_id: user.into(),
+        relogin,
+        first_login_time,
+    })
+}
+
+fn delivery_of(fp: &str) -> ClientEvent {
+    ClientEvent::MessageDelivered(MessageDelivered {
+        client: ME,
+        fp: fp.into(),
+        stored: false,
+        mid: None,
+    })
+}
+
+fn received(fp: Option<&str>, from: &str, content: &str, typeu: i32) -> ClientEvent {
+    ClientEvent::DataReceived(DataReceived {
+        client: ME,
+        fp: fp.map(str::to_owned),
+        from: from.into(),
+        content: content.into(),
+        typeu,
+        room: None,
+        mid: None,
+        sent_at_ms: None,
+    })
+}
+
+#[test]
+fn the_client_core_writes_what_alice_wrote_in_the_basic_flow() {
+    // alice in 01_basic_flow: the captured ids, token, fingerprints and typeu are the
+    // input; every line the core writes is the captured line, byte for byte.
+    let mut a = Core::new(Dialect::MobileImSdkV6);
+    let login = LoginRequest::new("alice", "token")
+        .with_extra("hello-extra")
+        .with_app("test");
+    assert_eq!(a.login(login, ms(0)), [cap("01", 2)]);
+    a.feed("01", 3, ms(100));
+    assert_eq!(
+        a.events(),
+        [login_succeeded("alice", false, 1_795_643_442_840)]
+    );
+    assert!(a.written().is_empty());
+
+    a.c.tick(ms(5_099));
+    assert!(a.written().is_empty());
+    a.c.tick(ms(5_100));
+    assert_eq!(a.written(), [cap("01", 9)], "the keepalive");
+    a.feed("01", 10, ms(5_130));
+    assert_eq!(
+        a.events(),
+        [ClientEvent::KeepaliveReply(KeepaliveReply {
+            client: ME,
+            rtt: Some(ms(30))
+        })]
+    );
+
+    let fp1 = "98a4e2bf-a4a8-4ed5-aadf-bf4c34825e41";
+    let sent = a.c.send(
+        Outgoing::new("bob", "hi bob (QoS)")
+            .typeu(7)
+            .fingerprint(fp1),
+        ms(6_000),
+    );
+    assert_eq!(sent, Ok(Some(fp1.to_owned())));
+    assert_eq!(a.written(), [cap("01", 12)]);
+    a.feed("01", 15, ms(6_050));
+    assert_eq!(a.events(), [delivery_of(fp1)]);
+    assert_eq!(a.c.pending_count(), 0);
+
+    let sent = a.c.send(
+        Outgoing::new("bob", "hi bob (no QoS)").qos(false).typeu(-1),
+        ms(6_100),
+    );
+    assert_eq!(sent, Ok(None));
+    assert_eq!(a.written(), [cap("01", 20)]);
+
+    // bob's QoS message: delivered, and ACKed with alice's captured ACK.
+    a.feed("01", 29, ms(6_200));
+    assert_eq!(a.written(), [cap("01", 30)]);
+    assert_eq!(
+        a.events(),
+        [received(
+            Some("44a3f5d1-1763-427c-87a3-7c4b3af6a9b1"),
+            "bob",
+            "hi alice",
+            -1
+        )]
+    );
+
+    // To the server itself, with and without QoS; the server ACKs from "0".
+    let fp = "3069a213-f3c0-4d0b-9043-0c4d416e209a";
+    a.c.send(
+        Outgoing::new("0", "to server (QoS)")
+            .typeu(1)
+            .fingerprint(fp),
+        ms(6_300),
+    )
+    .unwrap();
+    assert_eq!(a.written(), [cap("01", 39)]);
+    a.feed("01", 40, ms(6_350));
+    assert_eq!(a.events(), [delivery_of(fp)]);
+    a.c.send(
+        Outgoing::new("0", "to server (no QoS)")
+            .qos(false)
+            .typeu(-1),
+        ms(6_400),
+    )
+    .unwrap();
+    assert_eq!(a.written(), [cap("01", 45)]);
+
+    assert_eq!(a.c.logout(ms(7_000)), ResultCode::Ok);
+    let actions = a.c.take_actions();
+    match &actions[..] {
+        [Action::Send { text, .. }, Action::Close { .. }] => assert_eq!(text, cap("01", 63)),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        a.events(),
+        [ClientEvent::LoggedOut(LoggedOut {
+            client: ME,
+            code: ResultCode::Ok
+        })]
+    );
+}
+
+#[test]
+fn the_client_core_writes_what_bob_wrote_in_the_basic_flow() {
+    let mut b = Core::new(Dialect::MobileImSdkV6);
+    assert_eq!(
+        b.login(LoginRequest::new("bob", "token"), ms(0)),
+        [cap("01", 6)]
+    );
+    b.feed("01", 7, ms(50));
+    assert_eq!(
+        b.events(),
+        [login_succeeded("bob", false, 1_795_643_442_931)]
+    );
+
+    // alice's QoS message with typeu 7: delivered and ACKed as bob ACKed it; the
+    // server relays an ACK unchanged, so alice read the same bytes.
+    let fp1 = "98a4e2bf-a4a8-4ed5-aadf-bf4c34825e41";
+    b.feed("01", 13, ms(100));
+    assert_eq!(b.written(), [cap("01", 14)]);
+    assert_eq!(cap("01", 14), cap("01", 15));
+    assert_eq!(
+        b.events(),
+        [received(Some(fp1), "alice", "hi bob (QoS)", 7)]
+    );
+
+    // Without QoS: delivered, no fingerprint, no ACK.
+    b.feed("01", 21, ms(200));
+    assert!(b.written().is_empty());
+    assert_eq!(b.events(), [received(None, "alice", "hi bob (no QoS)", -1)]);
+
+    // The minimal frame as the server forwarded it (typeu and sm of 0): no sent time.
+    b.feed("01", 24, ms(300));
+    assert_eq!(b.written(), [cap("01", 25)]);
+    assert_eq!(
+        b.events(),
+        [received(
+            Some("5015ae61-67a4-463e-8170-19381b599069"),
+            "alice",
+            "minimal",
+            0
+        )]
+    );
+
+    let fp = "44a3f5d1-1763-427c-87a3-7c4b3af6a9b1";
+    b.c.send(
+        Outgoing::new("alice", "hi alice").typeu(-1).fingerprint(fp),
+        ms(400),
+    )
+    .unwrap();
+    assert_eq!(b.written(), [cap("01", 28)]);
+    b.feed("01", 31, ms(450));
+    assert_eq!(b.events(), [delivery_of(fp)]);
+
+    // alice sent fp1 again: ACKed again, not delivered twice.
+    b.feed("01", 34, ms(500));
+    assert_eq!(b.written(), [cap("01", 35)]);
+    assert!(b.events().is_empty());
+
+    // A spoofed sender is whom the ACK goes to.
+    b.feed("01", 53, ms(600));
+    assert_eq!(b.written(), [cap("01", 54)]);
+    assert_eq!(
+        b.events(),
+        [received(
+            Some("73b97fe8-6a50-438d-8ecf-1d3fcd77f913"),
+            "mallory",
+            "spoofed from",
+            -1
+        )]
+    );
+
+    assert_eq!(b.c.logout(ms(700)), ResultCode::Ok);
+    let texts: Vec<String> =
+        b.c.take_actions()
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Send { text, .. } => Some(text),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(texts, [cap("01", 68)]);
+}
+
+#[test]
+fn a_relogin_presents_the_captured_first_login_time_and_the_kickout_ends_it() {
+    // alice in 05_duplicate_login: the first login, then the re-login that presents
+    // the server's firstLoginTime (alice#5), then the kickout of an older socket.
+    let mut a = Core::new(Dialect::MobileImSdkV6);
+    assert_eq!(
+        a.login(LoginRequest::new("alice", "token"), ms(0)),
+        [cap("05", 2)]
+    );
+    a.feed("05", 29, ms(10));
+    assert_eq!(
+        a.events(),
+        [login_succeeded("alice", false, 1_795_643_546_796)]
+    );
+
+    // Two unanswered keepalives; the link is dead 8 s after the first.
+    a.c.tick(ms(5_010));
+    assert_eq!(a.written(), [cap("05", 40)]);
+    a.c.tick(ms(10_010));
+    assert_eq!(a.written(), [cap("05", 40)]);
+    let old = a.c.link().unwrap();
+    a.c.tick(ms(13_010));
+    let new = a.c.link().unwrap();
+    assert_eq!(
+        a.c.take_actions(),
+        [Action::Close { link: old }, Action::Connect { link: new }]
+    );
+    assert_eq!(
+        a.events(),
+        [
+            ClientEvent::LinkClosed(LinkClosed {
+                client: ME,
+                reason: CloseReason::KeepaliveTimeout
+            }),
+            ClientEvent::ReloginStarted(ReloginStarted {
+                client: ME,
+                attempt: 1
+            }),
+        ]
+    );
+    a.c.on_link_opened(new, ms(13_020));
+    assert_eq!(a.written(), [cap("05", 28)]);
+    assert_eq!(cap("05", 28), cap("05", 22));
+    a.feed("05", 29, ms(13_030));
+    assert_eq!(
+        a.events(),
+        [login_succeeded("alice", true, 1_795_643_546_796)]
+    );
+
+    // bob's message reaches this socket; the ACK is what the server relayed to bob.
+    a.feed("05", 36, ms(13_100));
+    assert_eq!(a.written(), [cap("05", 37)]);
+    assert_eq!(
+        a.events(),
+        [received(
+            Some("9d968da0-1429-41df-bc0c-711ffaa1e14f"),
+            "bob",
+            "who gets this?",
+            -1
+        )]
+    );
+
+    // The v6 kickout (type 54, code 1).
+    a.feed("05", 24, ms(13_200));
+    assert_eq!(
+        a.events(),
+        [
+            ClientEvent::Kicked(Kicked {
+                client: ME,
+                code: KickoutCode::DuplicateLogin,
+                reason: None
+            }),
+            ClientEvent::LinkClosed(LinkClosed {
+                client: ME,
+                reason: CloseReason::Kicked
+            }),
+        ]
+    );
+    assert_eq!(a.c.take_actions(), [Action::Close { link: new }]);
+
+    // The seed dialect reads the same line as an ACK of an unknown fingerprint.
+    let mut s = Core::new(Dialect::Seed);
+    s.login(LoginRequest::new("alice", "token"), ms(0));
+    s.feed("05", 3, ms(10));
+    s.events();
+    s.feed("05", 24, ms(20));
+    assert!(s.events().is_empty());
+    assert!(s.c.take_actions().is_empty());
+    assert!(s.c.is_logged_in());
+}
+
+#[test]
+fn captured_error_and_ack_lines_reach_the_client_core() {
+    // ghost in 06: the data frame the core writes is the captured one, and the
+    // server's 301 naming it (the server had forgotten the session) drops the link
+    // for a re-login; the message stays pending to be written again.
+    let mut g = Core::new(Dialect::MobileImSdkV6);
+    g.login(LoginRequest::new("ghost", "token"), ms(0));
+    let reply = Frame::login_response(
+        "ghost",
+        &LoginResponse {
+            code: 0,
+            first_login_time: 1,
+            ext: Vec::new(),
+        },
+    );
+    let link = g.c.link().unwrap();
+    g.c.on_text(link, &reply.to_json(), ms(10));
+    g.events();
+    let fp = "aa674abd-94f9-4428-97b1-9e669432c67f";
+    g.c.send(Outgoing::new("bob", "hi").typeu(-1).fingerprint(fp), ms(20))
+        .unwrap();
+    assert_eq!(g.written(), [cap("06", 7)]);
+    g.feed("06", 8, ms(30));
+    assert_eq!(
+        g.events(),
+        [
+            ClientEvent::ServerError(ServerError {
+                client: ME,
+                code: ResultCode::ResponseForUnlogin,
+                msg: cap("06", 7).to_owned(),
+            }),
+            ClientEvent::LinkClosed(LinkClosed {
+                client: ME,
+                reason: CloseReason::NotLoggedIn
+            }),
+        ]
+    );
+    assert_eq!(g.c.take_actions(), [Action::Close { link }]);
+    assert!(g.c.is_relogging());
+    assert_eq!(g.c.pending_count(), 1);
+
+    // ubig2 in 06: a 60,000-byte message under the limit, and the server's ACK.
+    let mut u = Core::new(Dialect::MobileImSdkV6);
+    assert_eq!(
+        u.login(LoginRequest::new("ubig2", "token"), ms(0)),
+        [cap("06", 109)]
+    );
+    u.feed("06", 110, ms(10));
+    assert_eq!(
+        u.events(),
+        [login_succeeded("ubig2", false, 1_795_643_560_861)]
+    );
+    let fp = "341968e7-74e6-41de-a29a-7c8b63a1ea5e";
+    u.c.send(
+        Outgoing::new("0", "y".repeat(60_000))
+            .typeu(-1)
+            .fingerprint(fp),
+        ms(20),
+    )
+    .unwrap();
+    let written = u.written();
+    assert_eq!(written.len(), 1);
+    // The capture script spaced this one; the value is the same.
+    assert_eq!(as_value(&written[0]), as_value(cap("06", 111)));
+    u.feed("06", 112, ms(30));
+    assert_eq!(u.events(), [delivery_of(fp)]);
+    assert_eq!(u.c.pending_count(), 0);
 }

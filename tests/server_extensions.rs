@@ -836,3 +836,64 @@ async fn frames_the_server_will_not_pass_on_get_an_error_frame() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn websocket_protocol_violations_are_counted_and_close_the_socket() {
+    bounded(async {
+        let hooks = Recorder::new();
+        let h = start(v6(), hooks.clone()).await;
+
+        // A text frame whose payload is not UTF-8 (tungstenite masks it as a client).
+        let mut bad_text = logged_in(&h.url(), "ubadtext").await;
+        let frame = WsFrame::message(vec![b'{', 0xC3, 0x28], OpCode::Data(Data::Text), true);
+        bad_text.ws.send(Message::Frame(frame)).await.unwrap();
+        assert_eq!(
+            bad_text.expect_close().await,
+            (1007, "text is not UTF-8".into())
+        );
+        assert_eq!(h.metrics().rejected(RejectReason::ProtocolViolation), 1);
+
+        // Bad UTF-8 split across fragments: the first is fine, the second breaks it.
+        let mut bad_frag = logged_in(&h.url(), "ubadfrag").await;
+        let first = WsFrame::message(b"{\"ty".to_vec(), OpCode::Data(Data::Text), false);
+        let second = WsFrame::message(vec![0xE2, 0x28, b'}'], OpCode::Data(Data::Continue), true);
+        bad_frag.ws.send(Message::Frame(first)).await.unwrap();
+        bad_frag.ws.send(Message::Frame(second)).await.unwrap();
+        assert_eq!(
+            bad_frag.expect_close().await,
+            (1007, "text is not UTF-8".into())
+        );
+        assert_eq!(h.metrics().rejected(RejectReason::ProtocolViolation), 2);
+
+        // An unmasked frame from a client, written by hand under the WebSocket layer.
+        let mut unmasked = logged_in(&h.url(), "uunmasked").await;
+        let tokio_tungstenite::MaybeTlsStream::Plain(tcp) = unmasked.ws.get_mut() else {
+            panic!("a plain ws:// socket");
+        };
+        let echo = Frame::echo("uunmasked", "e").to_json();
+        let mut raw = vec![0x81, u8::try_from(echo.len()).unwrap()];
+        raw.extend_from_slice(echo.as_bytes());
+        tcp.write_all(&raw).await.unwrap();
+        assert_eq!(
+            unmasked.expect_close().await,
+            (1002, "protocol error".into())
+        );
+        assert_eq!(h.metrics().rejected(RejectReason::ProtocolViolation), 3);
+
+        // Each of them is logged out; the server goes on serving.
+        for user in ["ubadtext", "ubadfrag", "uunmasked"] {
+            eventually(user, || !h.is_online(user)).await;
+        }
+        let logouts = hooks
+            .events()
+            .iter()
+            .filter(|e| e.starts_with("logout "))
+            .count();
+        assert_eq!(logouts, 3, "{:?}", hooks.events());
+        let mut fine = logged_in(&h.url(), "ufine").await;
+        fine.send(&Frame::echo("ufine", "still here")).await;
+        assert_eq!(fine.recv().await.content(), "still here");
+        h.shutdown().await;
+    })
+    .await;
+}

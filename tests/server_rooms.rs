@@ -14,7 +14,9 @@ use bevy_im::protocol::{
     Dialect, ErrorResponse, Frame, LoginResponse, RoomOp, RoomReply, RoomRequest, decode_body,
     room_code,
 };
-use bevy_im::server::{AcceptAll, Moderation, RoomsConfig, ServerConfig, ServerHooks, StorePath};
+use bevy_im::server::{
+    AcceptAll, Moderation, RejectReason, RoomsConfig, ServerConfig, ServerHooks, StorePath,
+};
 use support::{Client, WAIT, config, logged_in, start};
 
 fn rooms_config() -> ServerConfig {
@@ -263,6 +265,21 @@ async fn bad_room_requests_and_room_messages_get_codes() {
         ),
         (RoomRequest::new(9, RoomOp::History).room("lobby"), 404),
         (RoomRequest::new(10, RoomOp::Block), 400),
+        // The direct history of a pair needs a user as the peer, not a room.
+        (
+            RoomRequest {
+                peer: Some("#lobby".into()),
+                ..RoomRequest::new(11, RoomOp::History)
+            },
+            400,
+        ),
+        (
+            RoomRequest {
+                peer: Some(String::new()),
+                ..RoomRequest::new(12, RoomOp::History)
+            },
+            400,
+        ),
     ];
     for (req, code) in cases {
         let id = req.req;
@@ -590,4 +607,161 @@ async fn a_busy_receiver_gets_the_sender_a_503_naming_the_message_never_silence(
     bob.expect_silence(Duration::from_millis(150)).await;
     assert_eq!(server.metrics().receiver_busy, 1);
     server.shutdown().await;
+}
+
+/// A client whose socket has a small receive buffer, so that a server writing to it
+/// while it does not read is soon blocked.
+async fn small_buffer_client(url: &str) -> Client {
+    let addr = url
+        .trim_start_matches("ws://")
+        .trim_end_matches("/websocket")
+        .parse()
+        .unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let tcp = socket.connect(addr).await.unwrap();
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(tcp)),
+    )
+    .await
+    .expect("handshake in time")
+    .expect("handshake");
+    Client { ws }
+}
+
+#[tokio::test]
+async fn a_full_outbound_queue_is_counted_and_gets_the_qos_sender_a_503_naming_the_message() {
+    let mut config = rooms_config();
+    config.max_outbound_queue = 4;
+    // Long enough that the stalled receiver is not dropped for its blocked write
+    // (nor for its silence) before the test ends.
+    config.read_timeout = Duration::from_secs(15);
+    let server = start(config, AcceptAll).await;
+    let url = server.url();
+    let mut alice = logged_in(&url, "alice").await;
+    let mut bob = small_buffer_client(&url).await;
+    bob.login("bob").await;
+    // Bob stops reading. Host pushes fill the socket, then his outbound queue; the
+    // queue is full for good once it stays full while his session has time to write.
+    let chunk = "b".repeat(60_000);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let mut accepted = 0;
+        while server.push("bob", chunk.clone(), false, 0).is_ok() {
+            accepted += 1;
+            assert!(accepted <= 4, "the queue holds at most 4 frames");
+        }
+        if accepted == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "bob's socket never blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let full = server.metrics().rejected(RejectReason::OutboundQueueFull);
+    assert!(full >= 1);
+    let busy = server.metrics().receiver_busy;
+
+    // A QoS message to bob: refused with 503 carrying it, no ACK; counted.
+    let m = Frame::data("alice", "bob", "are you there?", true, None, 0);
+    alice.send(&m).await;
+    let error = error_of(&alice.recv().await);
+    assert_eq!(error.error_code, room_code::RECEIVER_BUSY);
+    assert_eq!(Frame::decode(&error.error_msg).unwrap().fp, m.fp);
+    alice.expect_silence(Duration::from_millis(150)).await;
+    let metrics = server.metrics();
+    assert_eq!(metrics.rejected(RejectReason::OutboundQueueFull), full + 1);
+    assert_eq!(metrics.receiver_busy, busy + 1);
+    // Alice's own socket is not affected.
+    alice.send(&Frame::echo("alice", "me?")).await;
+    assert_eq!(alice.recv().await.content(), "me?");
+    drop(bob);
+    server.shutdown().await;
+}
+
+/// Makes every insert of a room message or an offline message fail, through a second
+/// connection to the server's store file (SQLite re-reads the schema on the server's
+/// next statement): the store can no longer be written there.
+fn break_store_writes(path: &std::path::Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.busy_timeout(WAIT).unwrap();
+    conn.execute_batch(
+        "CREATE TRIGGER no_room_writes BEFORE INSERT ON room_messages
+             BEGIN SELECT RAISE(ABORT, 'the store cannot be written'); END;
+         CREATE TRIGGER no_offline_writes BEFORE INSERT ON offline
+             BEGIN SELECT RAISE(ABORT, 'the store cannot be written'); END;",
+    )
+    .unwrap();
+    conn
+}
+
+fn mend_store_writes(conn: rusqlite::Connection) {
+    conn.execute_batch("DROP TRIGGER no_room_writes; DROP TRIGGER no_offline_writes;")
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_store_that_cannot_be_written_gets_the_sender_a_500_and_no_ack_and_the_server_goes_on() {
+    let path = temp_store("unwritable");
+    let mut config = rooms_config();
+    config.store = StorePath::File(path.clone());
+    let server = start(config, AcceptAll).await;
+    let url = server.url();
+    let mut alice = logged_in(&url, "alice").await;
+    let mut bob = logged_in(&url, "bob").await;
+    join(&mut alice, "alice", "lobby", 1).await;
+    join(&mut bob, "bob", "lobby", 1).await;
+    room_reply(&mut alice).await; // bob joined
+
+    let conn = break_store_writes(&path);
+    // A room message: 500 carrying the frame, no ACK, no copy for bob.
+    let post = Frame::data("alice", "#lobby", "gg", true, None, 0);
+    alice.send(&post).await;
+    let error = error_of(&alice.recv().await);
+    assert_eq!(error.error_code, room_code::STORE_FAILED);
+    assert_eq!(Frame::decode(&error.error_msg).unwrap().fp, post.fp);
+    // A message to an offline user: 500 carrying the frame, no ACK.
+    let offline = Frame::data("alice", "carol", "later", true, None, 0);
+    alice.send(&offline).await;
+    let error = error_of(&alice.recv().await);
+    assert_eq!(error.error_code, room_code::STORE_FAILED);
+    assert_eq!(Frame::decode(&error.error_msg).unwrap().fp, offline.fp);
+    alice.expect_silence(Duration::from_millis(200)).await;
+    bob.expect_silence(Duration::from_millis(50)).await;
+    assert_eq!(server.metrics().rejected(RejectReason::StoreFailed), 2);
+
+    // The server goes on serving: echoes, direct messages to online users.
+    alice.send(&Frame::echo("alice", "still here")).await;
+    assert_eq!(alice.recv().await.content(), "still here");
+    let direct = Frame::data("alice", "bob", "hi bob", true, None, 0);
+    alice.send(&direct).await;
+    assert_eq!(bob.recv().await.content(), "hi bob");
+    let ack = alice.recv().await;
+    assert_eq!((ack.ty, ack.content()), (4, direct.fp.as_deref().unwrap()));
+
+    // Once the store can be written again, the sender's resends go through: nothing
+    // of the failed writes was left behind (the room's first id is still free).
+    mend_store_writes(conn);
+    alice.send(&post).await;
+    let ack = alice.recv().await;
+    assert_eq!(
+        (ack.ty, ack.content(), ack.mid),
+        (4, post.fp.as_deref().unwrap(), Some(1))
+    );
+    let copy = bob.recv().await;
+    assert_eq!((copy.content(), copy.mid), ("gg", Some(1)));
+    alice.send(&offline).await;
+    let ack = alice.recv().await;
+    assert!(ack.ty == 4 && ack.stored, "{ack:?}");
+    let mut carol = logged_in(&url, "carol").await;
+    assert_eq!(carol.recv().await.content(), "later");
+    server.shutdown().await;
+    for end in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(end);
+        let _ = std::fs::remove_file(file);
+    }
 }

@@ -18,6 +18,8 @@ use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 
 /// The longest any single condition in these tests may take on a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(5);
@@ -64,7 +66,9 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// An echo server with a few commands: `close CODE REASON`, `binary N`, `big N` (a text
 /// frame of N bytes), `burst N` (N numbered frames), `drop` (hang up without a close
-/// frame); anything else is echoed as `echo:`.
+/// frame), `badutf8` (a text frame whose payload is not UTF-8), `fragments`
+/// ([`FRAGMENTED`] one byte per fragment, with a ping between two fragments);
+/// anything else is echoed as `echo:`.
 fn start_server(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
     let rt = runtime();
     let listener = rt.block_on(TcpListener::bind("127.0.0.1:0")).expect("bind");
@@ -94,6 +98,10 @@ fn start_server(tls: Option<Arc<rustls::ServerConfig>>) -> Server {
         _rt: rt,
     }
 }
+
+/// The text the `fragments` command sends, split into one-byte fragments: several of
+/// its characters are cut in the middle.
+const FRAGMENTED: &str = "héllo wörld ✓";
 
 async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Sender<Seen>) {
     let headers = seen.clone();
@@ -135,6 +143,30 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(stream: S, seen: Sender<Seen>)
                 reason: reason.into(),
             })))
             .await
+        } else if text == "badutf8" {
+            // 0xC3 starts a two-byte sequence; 0x28 cannot continue it.
+            let frame = Frame::message(vec![0xC3u8, 0x28], OpCode::Data(Data::Text), true);
+            ws.send(Message::Frame(frame)).await
+        } else if text == "fragments" {
+            let bytes = FRAGMENTED.as_bytes();
+            let mut r = Ok(());
+            for (i, byte) in bytes.iter().enumerate() {
+                let opcode = if i == 0 { Data::Text } else { Data::Continue };
+                let last = i + 1 == bytes.len();
+                let frame = Frame::message(vec![*byte], OpCode::Data(opcode), last);
+                r = ws.feed(Message::Frame(frame)).await;
+                if r.is_ok() && i == 2 {
+                    // Control frames may come between the fragments of a message.
+                    r = ws.feed(Message::Ping(b"mid".to_vec().into())).await;
+                }
+                if r.is_err() {
+                    break;
+                }
+            }
+            match r {
+                Ok(()) => ws.flush().await,
+                e => e,
+            }
         } else if let Some(n) = arg("binary ") {
             ws.send(Message::binary(vec![7u8; n])).await
         } else if let Some(n) = arg("big ") {
@@ -660,4 +692,43 @@ fn close_ends_a_link_whose_peer_stopped_reading() {
         "closed after {:?}",
         started.elapsed()
     );
+}
+
+#[test]
+fn a_text_frame_that_is_not_utf8_is_a_protocol_error_and_closes_with_1007() {
+    let server = start_server(None);
+    let mut t = NativeTransport::default();
+    let link = LinkId(90);
+    open(&mut t, link, &server.url());
+    t.send(link, "badutf8".into()).expect("send");
+    let (error, closed) = failure(&mut t, link);
+    match &error {
+        TransportError::Protocol(why) => assert!(why.contains("UTF-8"), "{why}"),
+        other => panic!("expected a protocol error, got {other:?}"),
+    }
+    assert!(
+        matches!(closed, TransportEvent::Closed { code: None, .. }),
+        "{closed:?}"
+    );
+    assert_eq!(t.send(link, "late".into()), Err(TransportError::NotOpen));
+    assert_eq!(t.poll(), None, "no text came out of the bad frame");
+    // The server is told why: 1007, invalid frame payload data.
+    assert!(matches!(server.next_seen(), Seen::Handshake { .. }));
+    assert_eq!(server.next_seen(), Seen::Text("badutf8".into()));
+    assert_eq!(server.next_seen(), Seen::Close(Some(1007)));
+}
+
+#[test]
+fn a_fragmented_message_arrives_as_one_whole_text() {
+    let server = start_server(None);
+    let mut t = NativeTransport::default();
+    let link = LinkId(91);
+    open(&mut t, link, &server.url());
+    t.send(link, "fragments".into()).expect("send");
+    assert_eq!(text(&mut t, link), FRAGMENTED);
+    // Nothing else came of the fragments (no partial text, no error), and the link
+    // still works.
+    t.send(link, "after".into()).expect("send");
+    assert_eq!(text(&mut t, link), "echo:after");
+    assert_eq!(t.poll(), None);
 }

@@ -37,6 +37,14 @@ struct Args {
     /// Maximum open connections.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
+    /// The listen backlog: connections the kernel holds until they are accepted
+    /// (Linux caps it at net.core.somaxconn).
+    #[arg(long, default_value_t = 4096)]
+    listen_backlog: u32,
+    /// Acknowledge a direct message to its sender only once the receiver's client
+    /// acknowledged it (instead of when it is handed to the receiver's link).
+    #[arg(long)]
+    ack_on_receipt: bool,
     /// Inbound frames per second per connection; 0 turns the limit off.
     #[arg(long, default_value_t = 50)]
     rate_limit: u32,
@@ -69,6 +77,8 @@ impl Args {
         config.listen = self.listen;
         config.dialect = self.dialect;
         config.max_connections = self.max_connections;
+        config.listen_backlog = self.listen_backlog;
+        config.ack_on_receipt = self.ack_on_receipt;
         config.rate_limit = (self.rate_limit > 0).then_some(RateLimit {
             per_second: self.rate_limit,
             burst: self.rate_burst.max(1),

@@ -433,9 +433,10 @@ impl ClientCore {
                 // A session that died sooner than a dead link would be noticed is a
                 // link that keeps dropping: go on backing off instead of starting at once.
                 if session_lasted < self.config.sense_mode.timeout() {
-                    self.relogin.resume(now);
+                    self.relogin.resume(now, self.config.relogin_spread);
                 } else {
-                    self.relogin.start(now);
+                    self.relogin
+                        .start_after_loss(now, self.config.relogin_spread);
                 }
             }
             ReloginStep::Failed => self.relogin.failed(now),

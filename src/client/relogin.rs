@@ -1,5 +1,6 @@
 //! Auto re-login (the seed's `AutoReLoginDaemon`): after a lost link, the first
-//! attempt at once, then backoff with jitter; never after a kickout, logout or release.
+//! attempt within a short random spread (at once with none), then backoff with
+//! jitter; never after a kickout, logout or release.
 
 use std::time::Duration;
 
@@ -7,7 +8,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReloginPolicy {
     /// Exponential backoff with jitter: attempt n waits `base · 2^(n-2)` capped at
-    /// `cap`, of which a random half is jitter (the first attempt is immediate).
+    /// `cap`, of which a random half is jitter. The first attempt comes within
+    /// [`ClientConfig::relogin_spread`](super::ClientConfig) of the loss.
     Backoff {
         /// The delay before the second attempt (before jitter).
         base: Duration,
@@ -68,12 +70,23 @@ impl Relogin {
         self.attempts = 0;
     }
 
+    /// Starts re-login after a lost link: the first attempt at a random point within
+    /// `spread` of `now`.
+    pub fn start_after_loss(&mut self, now: Duration, spread: Duration) {
+        let first = if spread.is_zero() {
+            now
+        } else {
+            now + spread.mul_f64(self.rng.f64())
+        };
+        self.start(first);
+    }
+
     /// Starts re-login again after a session that did not last: the backoff goes on
     /// from where the last attempts left it, so a link that keeps dropping right
     /// after login is not hammered.
-    pub fn resume(&mut self, now: Duration) {
+    pub fn resume(&mut self, now: Duration, spread: Duration) {
         if self.attempts == 0 {
-            self.start(now);
+            self.start_after_loss(now, spread);
         } else {
             self.failed(now);
         }
@@ -177,6 +190,33 @@ mod tests {
     }
 
     #[test]
+    fn first_attempts_after_a_loss_spread_evenly_over_the_spread() {
+        let firsts: Vec<Duration> = (0..1000)
+            .map(|seed| {
+                let mut r = Relogin::new(ReloginPolicy::default(), seed);
+                r.start_after_loss(s(10.0), s(0.5));
+                r.due().unwrap() - s(10.0)
+            })
+            .collect();
+        assert!(firsts.iter().all(|d| *d < s(0.5)));
+        // Spread evenly: each tenth of the 0.5 s gets about a hundred.
+        for tenth in 0..10 {
+            let lo = s(0.05 * f64::from(tenth));
+            let n = firsts
+                .iter()
+                .filter(|d| **d >= lo && **d < lo + s(0.05))
+                .count();
+            assert!(
+                (60..=140).contains(&n),
+                "{n} first attempts in tenth {tenth}"
+            );
+        }
+        let mut upstream = Relogin::new(ReloginPolicy::UPSTREAM, 3);
+        upstream.start_after_loss(s(10.0), Duration::ZERO);
+        assert_eq!(upstream.due(), Some(s(10.0)), "no spread: at once");
+    }
+
+    #[test]
     fn the_jitter_spreads_clients_apart() {
         let delays: Vec<_> = (0..10)
             .map(|seed| {
@@ -194,14 +234,14 @@ mod tests {
     #[test]
     fn resume_continues_the_backoff_of_a_session_that_did_not_last() {
         let mut r = Relogin::new(ReloginPolicy::UPSTREAM, 1);
-        r.resume(s(0.0));
+        r.resume(s(0.0), Duration::ZERO);
         assert_eq!(r.tick(s(0.0)), Some(1), "nothing to continue: at once");
         r.succeeded();
-        r.resume(s(1.0));
+        r.resume(s(1.0), Duration::ZERO);
         assert_eq!(r.tick(s(3.999)), None);
         assert_eq!(r.tick(s(4.0)), Some(2));
         r.stop();
-        r.resume(s(10.0));
+        r.resume(s(10.0), Duration::ZERO);
         assert_eq!(r.tick(s(10.0)), Some(1));
     }
 

@@ -23,6 +23,10 @@ pub struct ClientConfig {
     pub auto_relogin: bool,
     /// The delays between re-login attempts.
     pub relogin: ReloginPolicy,
+    /// The first re-login attempt after a lost link comes at a random point within
+    /// this (default 0.5 s; zero: at once, as upstream), so that the clients of a
+    /// server that went away do not all connect in the same instant when it is back.
+    pub relogin_spread: Duration,
     /// How long a connect plus login may take before the attempt is given up.
     pub login_timeout: Duration,
     /// The largest frame the client writes.
@@ -50,6 +54,7 @@ impl Default for ClientConfig {
             dedup: DedupConfig::default(),
             auto_relogin: true,
             relogin: ReloginPolicy::default(),
+            relogin_spread: Duration::from_millis(500),
             login_timeout: Duration::from_secs(10),
             max_frame_bytes: MAX_FRAME_BYTES,
             jitter_seed: None,

@@ -242,6 +242,71 @@ mod tests {
     }
 
     #[test]
+    fn the_numbers_are_upstreams_in_each_dialect() {
+        use ServerKind::*;
+        // (type, meaning in the seed dialect, meaning in v6), from the seed's table,
+        // upstream's `ProtocalType` and the v6.5 capture (PROTOCOL.md).
+        let read = [
+            (2, Data, Data),
+            (4, Ack, Ack),
+            (50, LoginResponse, LoginResponse),
+            (51, KeepAliveResponse, KeepAliveResponse),
+            (52, Error, Error),
+            (53, EchoResponse, EchoResponse),
+            (54, Ack, Kickout),
+            (55, Kickout, Other(55)),
+            (150, Room, Room),
+        ];
+        for (ty, seed, v6) in read {
+            assert_eq!(Dialect::Seed.server_kind(ty), seed, "seed reads {ty}");
+            assert_eq!(Dialect::MobileImSdkV6.server_kind(ty), v6, "v6 reads {ty}");
+        }
+        // (meaning, what a seed server writes, what a v6 server writes)
+        let written = [
+            (Data, 2, 2),
+            (Ack, 54, 4),
+            (LoginResponse, 50, 50),
+            (KeepAliveResponse, 51, 51),
+            (Error, 52, 52),
+            (EchoResponse, 53, 53),
+            (Kickout, 55, 54),
+            (Room, 150, 150),
+        ];
+        for (kind, seed, v6) in written {
+            assert_eq!(
+                Dialect::Seed.server_type(kind),
+                seed,
+                "seed writes {kind:?}"
+            );
+            assert_eq!(
+                Dialect::MobileImSdkV6.server_type(kind),
+                v6,
+                "v6 writes {kind:?}"
+            );
+        }
+        let client = [
+            (0, ClientKind::Login),
+            (1, ClientKind::KeepAlive),
+            (2, ClientKind::Data),
+            (3, ClientKind::Logout),
+            (4, ClientKind::Ack),
+            (5, ClientKind::Echo),
+            (100, ClientKind::Room),
+        ];
+        for (ty, kind) in client {
+            assert_eq!(ClientKind::from_type(ty), kind, "{ty}");
+            assert_eq!(kind.to_type(), ty, "{kind:?}");
+        }
+        assert_eq!(
+            (
+                KickoutCode::DuplicateLogin.code(),
+                KickoutCode::Admin.code()
+            ),
+            (1, 2)
+        );
+    }
+
+    #[test]
     fn both_dialects_accept_a_type_4_ack() {
         assert_eq!(Dialect::Seed.server_kind(4), ServerKind::Ack);
         assert_eq!(Dialect::MobileImSdkV6.server_kind(4), ServerKind::Ack);

@@ -173,11 +173,22 @@ pub struct ServerConfig {
     /// Whether relayed direct messages are kept in each pair's history (default on;
     /// off saves a store write per direct message).
     pub direct_history: bool,
+    /// When a QoS direct message to an online user is acknowledged to its sender:
+    /// `false` (upstream's rule, the default) as soon as it is handed to the
+    /// receiver's link; `true` only once the receiver's client acknowledges it, so
+    /// that an ACK the sender gets always means "received", even across a crash of
+    /// the server. Messages stored for later are ACKed once committed either way.
+    pub ack_on_receipt: bool,
     /// At most this many connections may be in their TLS and WebSocket handshake at
     /// once; more are refused like connections over the cap (default 512). With the
     /// handshake timeout, a flood of slow handshakes (slowloris) cannot take every
     /// connection slot.
     pub max_handshakes: usize,
+    /// The listen backlog: connections the kernel completes and holds until the
+    /// server accepts them (default 4096; Linux caps it at `net.core.somaxconn`,
+    /// 4096 by default). A full backlog drops new SYNs, and a client waits for
+    /// their retransmit (1 s, then 3 s), so a login storm needs a deep one.
+    pub listen_backlog: u32,
     /// A socket must log in within this of its upgrade, or it is closed with 1008
     /// (policy violation, reason "login timeout"): a socket that never logs in (even
     /// one sending echo frames) holds nothing for long (default 10 s).
@@ -214,8 +225,10 @@ impl Default for ServerConfig {
             store: StorePath::Memory,
             store_limits: StoreConfig::default(),
             direct_history: true,
+            ack_on_receipt: false,
             login_timeout: Duration::from_secs(10),
             max_handshakes: 512,
+            listen_backlog: 4096,
             extensions: true,
         }
     }

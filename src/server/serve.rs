@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -97,7 +97,7 @@ impl Server {
     /// nothing else: the server does no work until [`serve`](Self::serve).
     pub async fn bind(config: ServerConfig, hooks: impl ServerHooks) -> io::Result<Self> {
         let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = listen(config.listen, config.listen_backlog)?;
         let local_addr = listener.local_addr()?;
         let metrics_listener = match config.metrics_addr {
             Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -271,6 +271,19 @@ async fn connection(
     drop(guard);
 }
 
+/// Binds `addr` with a listen backlog of `backlog` (and `SO_REUSEADDR`, so a
+/// restarted server gets its address back at once).
+fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
 /// Resends and loss reports of server-to-client QoS, on each frame's own deadline.
 async fn qos_loop(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.subscribe();
@@ -290,10 +303,16 @@ async fn qos_loop(shared: Arc<Shared>) {
 
 /// What becomes of a server-to-client frame that ran out of resends: a user's
 /// direct message relayed live, on a server with the social extension, goes to the
-/// receiver's offline box; anything else (the host's own pushes included), or what
+/// receiver's offline box, and from there at once to the receiver while it is
+/// online (the box keeps it until it is ACKed); a message from the box stays there;
+/// anything else (the host's own pushes included), or what
 /// the box refuses, is reported to the host. Room messages are in the room's history (a client catches up on its next
 /// join), and a frame that came from the box (it has a `mid`) is still there.
 pub(crate) async fn settle_lost(shared: Arc<Shared>, user: String, frame: Frame) {
+    if frame.mid.is_some() && !frame.to_id().starts_with(crate::protocol::ROOM_PREFIX) {
+        // From the offline box, where it stays until the user ACKs it.
+        return;
+    }
     let keep = shared.config.extensions
         && frame.mid.is_none()
         && frame.from_id() != crate::protocol::SERVER_ID
@@ -310,7 +329,19 @@ pub(crate) async fn settle_lost(shared: Arc<Shared>, user: String, frame: Frame)
         session::now_ms(),
     );
     match stored.await {
-        Ok(_) => Metrics::inc(&shared.metrics.s2c_kept),
+        Ok(m) => {
+            Metrics::inc(&shared.metrics.s2c_kept);
+            // Online (again): delivered from the box at once.
+            let frame = session::offline_frame(&user, m);
+            let text = frame.to_json();
+            let mut state = shared.lock();
+            if let Err(DeliverError::Refused(r)) =
+                shared.deliver(&mut state, &user, &frame, text, None)
+            {
+                // Left in the box for the next login.
+                shared.metrics.reject(r);
+            }
+        }
         Err(e) => {
             tracing::warn!(%user, "an unacknowledged frame could not be kept: {e}");
             s2c_lost(&shared, &user, &frame);

@@ -17,7 +17,10 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
+pub(crate) use social::offline_frame;
 use social::{Job, served_extensions};
+#[cfg(feature = "fuzzing")]
+pub(crate) use socket::SessionCleanup;
 pub(crate) use socket::{ConnectionGuard, run};
 
 use super::hooks::LogoutReason;
@@ -101,13 +104,13 @@ pub(crate) struct Session {
     user: Option<String>,
     first_login_time: i64,
     bucket: Option<TokenBucket>,
-    out: Vec<Outgoing>,
+    pub(crate) out: Vec<Outgoing>,
     /// Work that waits for the store, run before this frame's replies are written.
     jobs: Vec<Job>,
 }
 
 impl Session {
-    fn new(id: SessionId, shared: Arc<Shared>, now: Instant) -> Self {
+    pub(crate) fn new(id: SessionId, shared: Arc<Shared>, now: Instant) -> Self {
         let bucket = shared.config.rate_limit.map(|r| TokenBucket::new(r, now));
         Self {
             id,
@@ -243,6 +246,12 @@ impl Session {
                             let mut state = shared.lock();
                             shared.ack_pending(&mut state, &user, frame.to_id(), frame.content())
                         };
+                        if let Some(acked) = &acked
+                            && acked.mid.is_none()
+                            && shared.config.ack_on_receipt
+                        {
+                            shared.receipt(&user, acked);
+                        }
                         // A message from the offline box leaves it once ACKed.
                         if let Some(acked) = acked
                             && let Some(mid) = acked.mid

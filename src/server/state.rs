@@ -434,6 +434,27 @@ impl Shared {
         removed
     }
 
+    /// `user` acknowledged a direct message relayed live (ACK on receipt): the
+    /// sender gets its ACK now, on whichever socket it is routed to, and a resend
+    /// that crossed it is answered with the same ACK.
+    pub fn receipt(&self, user: &str, frame: &Frame) {
+        let sender = frame.from_id();
+        let (Some(fp), false) = (frame.fp.as_deref(), sender == crate::protocol::SERVER_ID) else {
+            return;
+        };
+        if frame.to_id().starts_with(crate::protocol::ROOM_PREFIX) {
+            return;
+        }
+        let ack = Frame::server_ack(self.config.dialect, user, sender, fp);
+        let text = ack.to_json();
+        let mut state = self.lock();
+        state.recent_acks.insert(sender, fp, ack.clone());
+        // A sender that is away resends after its re-login and gets the ACK then.
+        if let Err(DeliverError::Refused(r)) = self.deliver(&mut state, sender, &ack, text, None) {
+            self.metrics.reject(r);
+        }
+    }
+
     /// Notes that a live copy of a message of `room` could not be handed to `user`.
     pub fn missed(&self, state: &mut State, user: &str, room: &str) {
         let rooms = state.behind.entry(user.to_owned()).or_default();

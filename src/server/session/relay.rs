@@ -90,7 +90,8 @@ impl Session {
         let relay_ack = match delivered {
             Ok(()) => {
                 self.keep_pair_history(user, &to, &frame);
-                true
+                // With ACK on receipt, the receiver's own ACK is forwarded instead.
+                !shared.config.ack_on_receipt
             }
             Err(e) => {
                 if let DeliverError::Refused(r) = e {

@@ -364,9 +364,7 @@ impl Session {
         };
         let mut state = shared.lock();
         for m in waiting {
-            let mut frame = Frame::data(&m.from, user, m.content, true, m.fp, m.typeu);
-            frame.sm = m.ts_ms;
-            frame.mid = Some(m.mid);
+            let frame = offline_frame(user, m);
             let text = frame.to_json();
             if let Err(DeliverError::Refused(r)) = shared.deliver(
                 &mut state,
@@ -470,6 +468,15 @@ fn fan_out(shared: &Shared, room: &str, sender: &str, frame: &Frame) {
             }
         }
     }
+}
+
+/// A message from `user`'s offline box as it is delivered: QoS, with its `mid` (its
+/// ACK takes it out of the box) and the time it was stored.
+pub(crate) fn offline_frame(user: &str, m: StoredMessage) -> Frame {
+    let mut frame = Frame::data(&m.from, user, m.content, true, m.fp, m.typeu);
+    frame.sm = m.ts_ms;
+    frame.mid = Some(m.mid);
+    frame
 }
 
 /// The largest history page a client may ask for.

@@ -51,16 +51,16 @@ impl Drop for ConnectionGuard {
 
 /// Removes the session from the shared state however its task ends, and reports the
 /// user's logout when this socket was the one routed to.
-pub(super) struct SessionCleanup {
+pub(crate) struct SessionCleanup {
     shared: Arc<Shared>,
     id: SessionId,
-    pub(super) end: LogoutReason,
+    pub(crate) end: LogoutReason,
     /// Set once the session left routing: the user it was routed as, if any.
     unrouted: Option<Option<String>>,
 }
 
 impl SessionCleanup {
-    pub(super) fn new(shared: Arc<Shared>, id: SessionId) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, id: SessionId) -> Self {
         Self {
             shared,
             id,
@@ -364,13 +364,23 @@ async fn serve_socket<S>(
                         too_large(shared.config.max_frame_bytes)
                     }
                     Some(Err(WsError::Protocol(e))) => {
+                        // RFC 6455 §7.4.1: 1002, a protocol error.
                         tracing::debug!(session = id, "protocol violation: {e}");
                         shared.metrics.reject(RejectReason::ProtocolViolation);
-                        Step::bye(LogoutReason::Closed)
+                        Step::Close {
+                            code: 1002,
+                            reason: "protocol error".to_owned(),
+                            end: LogoutReason::Closed,
+                        }
                     }
                     Some(Err(WsError::Utf8(_))) => {
+                        // RFC 6455 §7.4.1: 1007, data inconsistent with its type.
                         shared.metrics.reject(RejectReason::ProtocolViolation);
-                        Step::bye(LogoutReason::Closed)
+                        Step::Close {
+                            code: 1007,
+                            reason: "text is not UTF-8".to_owned(),
+                            end: LogoutReason::Closed,
+                        }
                     }
                     Some(Err(_)) => break,
                 };

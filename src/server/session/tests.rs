@@ -164,13 +164,21 @@ async fn an_unacked_relay_is_resent_on_the_clients_schedule_then_kept_for_the_ne
     tokio::time::advance(Duration::from_millis(1)).await;
     timers(&shared).await;
     assert_eq!(contents(&bob.data()), ["hi"], "one resend at 5 s");
-    tokio::time::advance(Duration::from_secs(5)).await;
+    tokio::time::advance(Duration::from_millis(4_999)).await;
     timers(&shared).await;
-    assert!(bob.data().is_empty(), "no third write");
+    assert!(bob.data().is_empty(), "no third write of the relayed copy");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    timers(&shared).await;
     let m = shared.snapshot();
     assert_eq!((m.qos_resends, m.qos_lost, m.s2c_kept), (1, 1, 1));
-
-    // Never acknowledged, so kept: bob's next login gets it from the offline box.
+    // Never acknowledged, so kept, and sent from the box while bob is online.
+    let boxed = bob.data();
+    assert_eq!(contents(&boxed), ["hi"]);
+    assert!(boxed[0].mid.is_some());
+    // Its loss leaves it in the box, where the next login finds it.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    timers(&shared).await;
+    assert_eq!(shared.snapshot().s2c_kept, 1, "kept once");
     bob.close(LogoutReason::TimedOut);
     let mut bob = Sock::login(&shared, "bob").await;
     let kept = bob.data();
