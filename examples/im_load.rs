@@ -102,9 +102,12 @@ struct Args {
     /// the two sides alternates from round to round).
     #[arg(long, default_value_t = 1)]
     rounds: usize,
-    /// Process id of a server started separately, to report its memory.
+    /// Process id of a server started separately, to report its memory and CPU time.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Clients that log in at once, logins mode.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     timeout: u64,
@@ -124,6 +127,9 @@ impl Args {
 enum Mode {
     Direct,
     Room,
+    /// `--clients` connect and log in at once, then stay idle: login latency, and
+    /// with `--server-pid` the server's memory per idle connection.
+    Logins,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +156,19 @@ fn rss_kib(pid: Option<u32>) -> Option<u64> {
     let status = std::fs::read_to_string(path).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// CPU time (user + system) of `pid` so far (Linux only).
+fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid?)).ok()?;
+    // Fields after the command (which may hold spaces) end at its ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_second = u64::try_from(per_second).ok().filter(|t| *t > 0)?;
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -329,6 +348,8 @@ struct DirectRun {
     latencies: Vec<Duration>,
     rss_before: Option<u64>,
     rss_connected: Option<u64>,
+    /// CPU time the server process (`--server-pid`) used while the messages flowed.
+    server_cpu: Option<Duration>,
     /// In-process only: from the first message sent until a history request, queued
     /// behind every store write the load caused, was answered; and the pair history
     /// of the first pair it returned (messages kept, last id).
@@ -347,6 +368,7 @@ async fn direct_load(url: &str, args: &Args, probe: bool) -> Result<DirectRun, S
     }
     let logins = started.elapsed();
     let rss_connected = rss_kib(args.server_pid);
+    let cpu_before = cpu_time(args.server_pid);
     let sending_started = Instant::now();
     let tasks: Vec<_> = links
         .into_iter()
@@ -370,6 +392,9 @@ async fn direct_load(url: &str, args: &Args, probe: bool) -> Result<DirectRun, S
         }
     }
     let took = sending_started.elapsed();
+    let server_cpu = cpu_time(args.server_pid)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     let mut settled = None;
     if let Some(mut ws) = kept {
         if probe {
@@ -396,6 +421,7 @@ async fn direct_load(url: &str, args: &Args, probe: bool) -> Result<DirectRun, S
         latencies,
         rss_before,
         rss_connected,
+        server_cpu,
         settled,
     })
 }
@@ -742,6 +768,66 @@ impl RoomRun {
 // Runs
 // ---------------------------------------------------------------------------------
 
+/// `--clients` connections that connect and log in at once; reports the latency of
+/// each login (connect, upgrade and reply) and, with `--server-pid`, the server's
+/// memory per idle logged-in connection once all are in.
+async fn logins(url: &str, args: &Args) -> Result<(), String> {
+    let rss_before = rss_kib(args.server_pid);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..args.clients)
+        .map(|i| {
+            let url = url.to_owned();
+            tokio::spawn(async move {
+                let at = Instant::now();
+                login(&url, &format!("storm-{i}"))
+                    .await
+                    .map(|ws| (ws, at.elapsed()))
+            })
+        })
+        .collect();
+    let mut sockets = Vec::with_capacity(args.clients);
+    let mut latencies = Vec::with_capacity(args.clients);
+    let mut failed = Vec::new();
+    for task in tasks {
+        match task.await.map_err(|e| e.to_string())? {
+            Ok((ws, took)) => {
+                sockets.push(ws);
+                latencies.push(took);
+            }
+            Err(e) => failed.push(e),
+        }
+    }
+    let took = started.elapsed();
+    latencies.sort();
+    println!(
+        "url={url} clients={} logged_in={} failed={} took={:.2}s",
+        args.clients,
+        latencies.len(),
+        failed.len(),
+        took.as_secs_f64()
+    );
+    println!(
+        "login_latency p50={:.1}ms p90={:.1}ms p99={:.1}ms max={:.1}ms",
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.9)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 1.0))
+    );
+    // Idle for a moment, so that what each connection keeps is all that is left.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    if let (Some(before), Some(after)) = (rss_before, rss_kib(args.server_pid)) {
+        println!(
+            "server rss_kib before={before} idle={after} per_idle_connection={:.2} KiB",
+            after.saturating_sub(before) as f64 / latencies.len().max(1) as f64
+        );
+    }
+    if let Some(e) = failed.first() {
+        return Err(format!("{} logins failed, the first: {e}", failed.len()));
+    }
+    drop(sockets);
+    Ok(())
+}
+
 fn print_direct(args: &Args, r: &DirectRun) {
     println!(
         "connections={} logins_took={:.2}s",
@@ -763,6 +849,14 @@ fn print_direct(args: &Args, r: &DirectRun) {
         percentile(&r.latencies, 1.0)
     );
     r.print_settled();
+    if let Some(cpu) = r.server_cpu {
+        println!(
+            "server_cpu={:.2}s per_message={:.2}us cores={:.2}",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / r.acked.max(1) as f64,
+            cpu.as_secs_f64() / r.took.as_secs_f64().max(1e-9)
+        );
+    }
     if let (Some(before), Some(connected)) = (r.rss_before, r.rss_connected) {
         println!(
             "rss_kib ({}) before={before} connected={connected} per_connection={:.1}",
@@ -796,6 +890,7 @@ async fn run_one(args: &Args) -> Result<(), String> {
             print_direct(args, &r);
             r.check(args, server.as_ref().map(|_| direct_history))
         }
+        Mode::Logins => logins(&url, args).await,
         Mode::Room => {
             println!(
                 "url={url} room=#{} members={} messages={} window={} size={} store={}",

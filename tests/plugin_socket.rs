@@ -1,6 +1,8 @@
 //! The plugin over real sockets on 127.0.0.1 against the reference server in the
-//! same process. Time in the apps is driven by hand; only I/O takes real time, and
-//! every wait is bounded.
+//! same process. The apps run on the real clock (`TimeUpdateStrategy::Automatic`), as
+//! the server does: the client's login timeout, keepalive and dead-link timers run at
+//! the server's speed, so a slow machine makes the test slower, never wrong. Every
+//! wait ends on an event, bounded in real time; none sleeps for a timer.
 #![cfg(all(feature = "server", feature = "testing", not(target_arch = "wasm32")))]
 
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::time::{Duration, Instant};
 use bevy::ecs::system::RunSystemOnce;
 use bevy::prelude::*;
 use bevy::time::TimeUpdateStrategy;
+use bevy_im::client::QosSendConfig;
 use bevy_im::prelude::*;
 use bevy_im::server::{
     AcceptAll, RateLimit, RunningServer, ServerConfig, TlsConfig, spawn_background,
@@ -83,10 +86,14 @@ fn server_with(config: ServerConfig) -> RunningServer {
 }
 
 fn client(url: &str, dialect: Dialect, user: &str) -> App {
-    let mut config = ImConfig::new(url).dialect(dialect);
+    client_with(ImConfig::new(url).dialect(dialect), user)
+}
+
+/// An app on the real clock, logging in as `user`.
+fn client_with(mut config: ImConfig, user: &str) -> App {
     config.client.jitter_seed = Some(9);
     let mut t = ImTestApp::connected(config);
-    t.set_step(Duration::from_millis(50));
+    t.app.insert_resource(TimeUpdateStrategy::Automatic);
     t.app
         .init_resource::<Heard>()
         .add_systems(Update, (listen, listen_for_refusals));
@@ -94,16 +101,32 @@ fn client(url: &str, dialect: Dialect, user: &str) -> App {
     t.app
 }
 
-/// Updates every app until `done` holds for all of them, for at most 10 s of real time.
+/// How long a test waits for what should happen (real time).
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Updates every app until `done` holds for all of them, for at most [`WAIT`].
 fn pump(apps: &mut [&mut App], mut done: impl FnMut(&mut [&mut App]) -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + WAIT;
     while !done(apps) {
         assert!(Instant::now() < deadline, "timed out");
-        for app in apps.iter_mut() {
-            app.update();
-        }
-        std::thread::sleep(Duration::from_millis(2));
+        update_all(apps);
     }
+}
+
+/// Updates every app at least `updates` times and until `until` has passed.
+fn pump_past(apps: &mut [&mut App], updates: usize, until: Instant) {
+    let mut n = 0;
+    while n < updates || Instant::now() < until {
+        update_all(apps);
+        n += 1;
+    }
+}
+
+fn update_all(apps: &mut [&mut App]) {
+    for app in apps.iter_mut() {
+        app.update();
+    }
+    std::thread::sleep(Duration::from_millis(1));
 }
 
 fn heard(app: &App) -> &Heard {
@@ -171,7 +194,18 @@ fn throttled_messages_are_retried_until_delivered_without_a_server_error() {
         }),
         ..ServerConfig::default()
     });
-    let mut alice = client(&server.url(), Dialect::Seed, "alice");
+    // On the real clock the client's default back-off (0.5 s, doubled) would make the
+    // six or so rounds of refusals take about ten seconds; 20 ms keeps it short. A
+    // round lets at least the burst (5) through, so no message is refused more than
+    // six times, within `max_throttled`.
+    let qos = QosSendConfig {
+        throttle_backoff: Duration::from_millis(20),
+        ..QosSendConfig::default()
+    };
+    let mut alice = client_with(
+        ImConfig::new(server.url()).dialect(Dialect::Seed).qos(qos),
+        "alice",
+    );
     let mut bob = client(&server.url(), Dialect::Seed, "bob");
     pump(&mut [&mut alice, &mut bob], |a| {
         a.iter().all(|app| heard(app).logins.len() == 1)
@@ -208,13 +242,54 @@ fn throttled_messages_are_retried_until_delivered_without_a_server_error() {
     server.shutdown();
 }
 
+/// How often `fp` is among `fps`.
+fn count(fps: &[String], fp: &str) -> usize {
+    fps.iter().filter(|f| *f == fp).count()
+}
+
+/// How many copies of `fp` the app received.
+fn copies(app: &App, fp: &str) -> usize {
+    heard(app)
+        .data
+        .iter()
+        .filter(|d| d.fp.as_deref() == Some(fp))
+        .count()
+}
+
+/// Exactly one outcome for `fp` at alice, at most one copy at bob, and exactly one
+/// copy when alice heard it delivered (the server ACKs a relay once it is handed to
+/// bob's socket or stored in his box, either of which reaches him).
+fn one_outcome_and_no_duplicate(alice: &App, bob: &App, fp: &str) {
+    let h = heard(alice);
+    let outcomes = (count(&h.delivered, fp), count(&h.lost, fp));
+    assert!(
+        outcomes == (1, 0) || outcomes == (0, 1),
+        "exactly one outcome (delivered, lost) for {fp}: {outcomes:?}, {h:?}"
+    );
+    let copies = copies(bob, fp);
+    if outcomes.0 == 1 {
+        assert_eq!(copies, 1, "a delivered message reached bob once");
+    } else {
+        assert!(copies <= 1, "never delivered twice: {copies}");
+    }
+}
+
 #[test]
 fn a_client_survives_a_server_restart_and_settles_what_was_pending() {
     let dialect = Dialect::MobileImSdkV6;
     let server = server_at("127.0.0.1:0".parse().unwrap(), dialect);
     let addr = server.local_addr();
     let url = server.url();
-    let mut alice = client(&url, dialect, "alice");
+    // Alice's schedule for a QoS message is shortened to 3 s (resends at 1 s and 2 s,
+    // the loss at 3 s), so that the test can outlast it.
+    let qos = QosSendConfig {
+        resend_after: Duration::from_secs(1),
+        max_resends: 2,
+        lost_after: Duration::from_secs(1),
+        ..QosSendConfig::default()
+    };
+    let schedule = Duration::from_secs(3);
+    let mut alice = client_with(ImConfig::new(&url).dialect(dialect).qos(qos), "alice");
     let mut bob = client(&url, dialect, "bob");
     pump(&mut [&mut alice, &mut bob], |a| {
         a.iter().all(|app| heard(app).logins.len() == 1)
@@ -223,6 +298,7 @@ fn a_client_survives_a_server_restart_and_settles_what_was_pending() {
     // A message goes out in the same frame the server goes away: it may or may not
     // have reached bob; either way alice must hear exactly one outcome.
     let pending = send(&mut alice, "bob", "in flight");
+    let sent_at = Instant::now();
     alice.update();
     server.shutdown();
     pump(&mut [&mut alice, &mut bob], |a| {
@@ -241,30 +317,31 @@ fn a_client_survives_a_server_restart_and_settles_what_was_pending() {
         let h = heard(a[0]);
         h.delivered.contains(&pending) || h.lost.contains(&pending)
     });
-    let h = heard(&alice);
-    assert!(
-        h.delivered.contains(&pending) ^ h.lost.contains(&pending),
-        "exactly one outcome: {h:?}"
-    );
-    let copies = heard(&bob)
-        .data
-        .iter()
-        .filter(|d| d.fp.as_deref() == Some(&*pending))
-        .count();
-    assert!(copies <= 1, "never delivered twice");
-    if h.delivered.contains(&pending) {
-        assert_eq!(copies, 1, "a delivered message reached bob");
+    if heard(&alice).delivered.contains(&pending) {
+        // The ACK may come before bob's copy (from his box, after his login).
+        pump(&mut [&mut alice, &mut bob], |a| copies(a[1], &pending) >= 1);
     }
+    one_outcome_and_no_duplicate(&alice, &bob, &pending);
 
     // And the link works again, both ways.
     let after = send(&mut alice, "bob", "after the restart");
     pump(&mut [&mut alice, &mut bob], |a| {
-        heard(a[0]).delivered.contains(&after)
-            && heard(a[1])
-                .data
-                .iter()
-                .any(|d| d.content == "after the restart")
+        heard(a[0]).delivered.contains(&after) && copies(a[1], &after) >= 1
     });
+
+    // Everything settled. Keep running past the end of alice's schedule for the
+    // pending message (and 200 updates at least): a late resend, ACK or loss report
+    // would show as a second copy or a second outcome.
+    pump_past(
+        &mut [&mut alice, &mut bob],
+        200,
+        sent_at + schedule + Duration::from_millis(500),
+    );
+    one_outcome_and_no_duplicate(&alice, &bob, &pending);
+    one_outcome_and_no_duplicate(&alice, &bob, &after);
+    assert_eq!(count(&heard(&alice).delivered, &after), 1);
+    assert_eq!(heard(&alice).logins.len(), 2, "no further re-login");
+    assert_eq!(heard(&bob).logins.len(), 2, "no further re-login");
     server.shutdown();
 }
 
@@ -295,9 +372,7 @@ fn the_development_certificate_carries_a_chat_over_wss() {
     };
     let mut app = App::new();
     app.add_plugins(MinimalPlugins)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
-            50,
-        )))
+        .insert_resource(TimeUpdateStrategy::Automatic)
         .add_plugins(ImClientPlugin::new(
             ImConfig::new(url).trust_certificate(der),
         ))
@@ -320,9 +395,7 @@ fn three_clients_in_one_app_chat_through_the_server() {
     let config = ImConfig::new(server.url()).dialect(Dialect::MobileImSdkV6);
     let mut app = App::new();
     app.add_plugins(MinimalPlugins)
-        .insert_resource(TimeUpdateStrategy::ManualDuration(Duration::from_millis(
-            50,
-        )))
+        .insert_resource(TimeUpdateStrategy::Automatic)
         .add_plugins(ImClientPlugin::new(config.clone()));
     app.update();
     let primary = app
@@ -425,23 +498,27 @@ fn logins_as_the_server_or_as_a_room_get_code_4_and_no_retry() {
     for user in ["0", "#lobby"] {
         let mut t =
             ImTestApp::connected(ImConfig::new(server.url()).dialect(Dialect::MobileImSdkV6));
-        // Small steps: the client's 10 s login timeout is far beyond the real wait.
-        t.set_step(Duration::from_millis(5));
+        // The real clock: the client's 10 s login timeout is real time too.
+        t.app.insert_resource(TimeUpdateStrategy::Automatic);
         t.start_login(user, "token");
         let mut failed = Vec::new();
-        let answered = t.update_until(1_500, |t| {
+        let deadline = Instant::now() + WAIT;
+        while failed.is_empty() && Instant::now() < deadline {
+            t.update_until(1, |_| false);
             failed.extend(t.heard::<LoginFailed>());
-            !failed.is_empty()
-        });
-        assert!(answered, "{user}: no LoginFailed");
+        }
+        assert!(!failed.is_empty(), "{user}: no LoginFailed");
         assert_eq!(failed.len(), 1, "{user}: {failed:?}");
         assert_eq!(failed[0].code, ResultCode::InvalidProtocol, "{user}");
         assert_eq!(failed[0].code.code(), 4);
         assert!(!failed[0].relogin);
         assert!(t.heard::<LoginSucceeded>().is_empty());
-        // No retry: nothing more is heard, and the client stays offline.
-        t.steps(20);
+        // No retry: nothing is scheduled any more, nothing more is heard, and the
+        // client stays offline.
+        assert_eq!(t.core().poll_timeout(), None, "{user}: a timer is left");
+        t.update_until(100, |_| false);
         assert!(t.heard::<LoginFailed>().is_empty(), "{user}");
+        assert!(t.heard::<LoginSucceeded>().is_empty(), "{user}");
         assert_eq!(t.core().state(), ImConnection::Offline, "{user}");
     }
     assert!(server.handle().online_users().is_empty());

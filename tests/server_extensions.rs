@@ -16,7 +16,9 @@ use bevy_im::server::{
     RateLimit, RejectReason, ServerConfig, TlsConfig, spawn_background,
 };
 use futures_util::SinkExt;
-use support::{Client, Event, Recorder, config, eventually, logged_in, raw_exchange, start};
+use support::{
+    Client, Event, Recorder, config, eventually, eventually_within, logged_in, raw_exchange, start,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -88,45 +90,68 @@ async fn c2s_dedup_is_per_user_and_every_copy_is_acked() {
         ))
         .await;
         assert_eq!(bob.recv().await.content(), "same-fp");
-        eventually("two C2S messages", || hooks.c2s.lock().unwrap().len() == 2).await;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert_eq!(hooks.c2s.lock().unwrap().len(), 2);
-        assert_eq!(h.metrics().c2s_duplicates, 2);
+        // Every copy was ACKed, and the hook runs before the ACK is written: what it
+        // heard is final once the server has stopped.
         h.shutdown().await;
+        let heard: Vec<(String, String)> = hooks
+            .c2s
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|f| (f.from_id().to_owned(), f.content().to_owned()))
+            .collect();
+        assert_eq!(
+            heard,
+            [("alice", "once"), ("bob", "mine")].map(|(a, b)| (a.to_owned(), b.to_owned()))
+        );
+        assert_eq!(h.metrics().c2s_duplicates, 2);
     })
     .await;
 }
 
+/// The wiring of `c2s_dedup_window` (the default is ten minutes). The window's exact
+/// bounds, and its refresh by each copy, are checked on a paused clock in
+/// `src/server/session/tests.rs` (`the_c2s_dedup_window_...`).
 #[tokio::test]
 async fn c2s_dedup_forgets_after_its_window() {
     bounded(async {
+        let window = Duration::from_secs(1);
         let mut c = v6();
-        c.c2s_dedup_window = Duration::from_millis(200);
+        c.c2s_dedup_window = window;
         let hooks = Recorder::new();
         let h = start(c, hooks.clone()).await;
         let mut alice = logged_in(&h.url(), "alice").await;
         let msg = Frame::data("alice", "0", "again", true, Some("fp-1".into()), 1);
         alice.send(&msg).await;
-        alice.recv().await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(alice.recv().await.content(), "fp-1");
+        // A copy at once (well within the window): a duplicate, ACKed again. This
+        // copy refreshes the window.
         alice.send(&msg).await;
-        alice.recv().await;
-        eventually("both copies delivered", || {
-            hooks.c2s.lock().unwrap().len() == 2
-        })
-        .await;
-        assert_eq!(h.metrics().c2s_duplicates, 0);
+        assert_eq!(alice.recv().await.content(), "fp-1");
+        let refreshed = Instant::now();
+        assert_eq!(h.metrics().c2s_duplicates, 1);
+        // A copy after the window (the sleep only lower-bounds the gap; a slow
+        // machine makes it longer, which changes nothing): delivered again.
+        tokio::time::sleep_until(refreshed + window + Duration::from_millis(200)).await;
+        alice.send(&msg).await;
+        assert_eq!(alice.recv().await.content(), "fp-1");
         h.shutdown().await;
+        assert_eq!(hooks.c2s.lock().unwrap().len(), 2, "the first and the last");
+        assert_eq!(h.metrics().c2s_duplicates, 1);
     })
     .await;
 }
 
+/// The wiring of `rate_limit` over a socket: refused frames come back in error
+/// frames and the socket stays usable. The refill's timing is checked on a paused
+/// clock in `src/server/session/tests.rs` (`the_rate_limit_...`).
 #[tokio::test]
 async fn rate_limit_answers_with_an_error_frame_and_keeps_the_socket() {
     bounded(async {
         let mut c = v6();
+        // One token a second: the burst is read and refused long before a refill.
         c.rate_limit = Some(RateLimit {
-            per_second: 2,
+            per_second: 1,
             burst: 5,
         });
         let h = start(c, AcceptAll).await;
@@ -134,9 +159,11 @@ async fn rate_limit_answers_with_an_error_frame_and_keeps_the_socket() {
         let texts: Vec<String> = (0..10)
             .map(|i| Frame::echo("x", format!("echo {i}")).to_json())
             .collect();
+        // All ten in one write.
         for t in &texts {
-            client.send_text(t).await;
+            client.ws.feed(Message::text(t.as_str())).await.unwrap();
         }
+        client.ws.flush().await.unwrap();
         let mut echoes = 0;
         let mut limited = Vec::new();
         for _ in 0..10 {
@@ -158,10 +185,18 @@ async fn rate_limit_answers_with_an_error_frame_and_keeps_the_socket() {
             "each refused frame comes back"
         );
         assert_eq!(h.metrics().rejected(RejectReason::RateLimited), 5);
-        // The bucket refills and the socket is still usable.
-        tokio::time::sleep(Duration::from_millis(600)).await;
-        client.send(&Frame::echo("x", "later")).await;
-        assert_eq!(client.recv().await.ty, 53);
+        // The bucket refills and the socket is still usable: ask until an echo comes
+        // back (a refusal in between is answered too), within the test's bound.
+        loop {
+            client.send(&Frame::echo("x", "later")).await;
+            let f = client.recv().await;
+            if f.ty == 53 {
+                assert_eq!(f.content(), "later");
+                break;
+            }
+            assert_eq!(f.ty, 52, "a refusal or the echo: {f:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         h.shutdown().await;
     })
     .await;
@@ -319,8 +354,10 @@ async fn push_with_qos_is_resent_until_acked_and_reported_lost() {
 #[tokio::test]
 async fn a_clients_ack_clears_only_its_own_pending_frames() {
     bounded(async {
+        // The wiring over sockets; the same on a paused clock, with the resend's exact
+        // time, is `src/server/session/tests.rs` (`another_users_ack_...`).
         let mut c = v6();
-        c.s2c_qos.resend_after = Duration::from_millis(200);
+        c.s2c_qos.resend_after = Duration::from_secs(1);
         let h = start(c, AcceptAll).await;
         let mut bob = logged_in(&h.url(), "bob").await;
         let mut eve = logged_in(&h.url(), "eve").await;
@@ -329,9 +366,18 @@ async fn a_clients_ack_clears_only_its_own_pending_frames() {
         let mut forged = Frame::new(4, "eve", "0");
         forged.data_content = Some(fp.clone());
         eve.send(&forged).await;
-        // Eve's ACK does not stop bob's resend.
-        assert_eq!(bob.recv().await.fp.as_deref(), Some(fp.as_str()));
+        // The echo is answered after the forged ACK was handled.
+        eve.send(&Frame::echo("eve", "after the ack")).await;
+        assert_eq!(eve.recv().await.content(), "after the ack");
+        // Eve's ACK does not stop bob's resend; bob's own ACK does.
+        let resent = bob.recv().await;
+        assert_eq!(resent.fp.as_deref(), Some(fp.as_str()));
+        bob.send(&Frame::ack_of(&resent).unwrap()).await;
+        bob.send(&Frame::echo("bob", "acked")).await;
+        assert_eq!(bob.recv().await.content(), "acked");
         h.shutdown().await;
+        let m = h.metrics();
+        assert_eq!((m.qos_resends, m.qos_lost), (1, 0));
     })
     .await;
 }
@@ -409,7 +455,9 @@ async fn presence_hooks_pair_every_login_with_one_logout() {
     bounded(async {
         let hooks = Recorder::new();
         let mut c = v6();
-        c.read_timeout = Duration::from_millis(400);
+        // Carol's silence ends in a read timeout; long enough that nobody else's
+        // pauses on a slow machine do.
+        c.read_timeout = Duration::from_secs(2);
         let h = start(c, hooks.clone()).await;
         let mut a1 = logged_in(&h.url(), "alice").await;
         let mut a2 = Client::connect(&h.url()).await;
@@ -426,7 +474,12 @@ async fn presence_hooks_pair_every_login_with_one_logout() {
                 .filter(|e| !e.starts_with("verify"))
                 .collect()
         };
-        eventually("carol's logout", || presence().len() == 6).await;
+        eventually_within("carol's logout", Duration::from_secs(10), || {
+            presence().len() >= 6
+        })
+        .await;
+        // After the shutdown nothing more can be reported: the list is final.
+        h.shutdown().await;
         assert_eq!(
             presence(),
             [
@@ -439,7 +492,6 @@ async fn presence_hooks_pair_every_login_with_one_logout() {
             ]
             .map(str::to_owned)
         );
-        h.shutdown().await;
     })
     .await;
 }
@@ -893,6 +945,97 @@ async fn websocket_protocol_violations_are_counted_and_close_the_socket() {
         let mut fine = logged_in(&h.url(), "ufine").await;
         fine.send(&Frame::echo("ufine", "still here")).await;
         assert_eq!(fine.recv().await.content(), "still here");
+        h.shutdown().await;
+    })
+    .await;
+}
+
+/// A frame handed to a session that is about to close is still written, before the
+/// kickout and the close (`flush_queued` after `unroute`): its sender holds an OK for
+/// it. The kick and the push are made in one go on this single-threaded runtime, so
+/// bob's task finds them queued in this order: the kick, then the frame routed to
+/// him while he was still online.
+#[tokio::test]
+async fn a_frame_queued_behind_a_kick_is_written_before_the_kickout() {
+    bounded(async {
+        let hooks = Recorder::new();
+        let h = start(v6(), hooks.clone()).await;
+        let mut bob = logged_in(&h.url(), "bob").await;
+        assert_eq!(h.kick("bob", Some("moved")), 1);
+        let fp = h
+            .push("bob", "queued behind the kick", true, 0)
+            .expect("bob is still routed to")
+            .expect("a QoS push has a fingerprint");
+        let got = bob.recv().await;
+        assert_eq!(
+            (got.ty, got.content(), got.fp.as_deref()),
+            (2, "queued behind the kick", Some(fp.as_str())),
+            "the queued frame comes first"
+        );
+        let kick = bob.recv().await;
+        assert_eq!((kick.ty, kick.to_id()), (54, "bob"));
+        let info: KickoutInfo = decode_body(kick.data_content.as_deref()).unwrap();
+        assert_eq!((info.code, info.reason.as_deref()), (2, Some("moved")));
+        assert_eq!(bob.expect_close().await, (1000, "Bye".into()));
+        h.shutdown().await;
+        assert_eq!(
+            hooks.events().last().map(String::as_str),
+            Some("logout bob Kicked(Admin)")
+        );
+    })
+    .await;
+}
+
+/// Upstream holds a socket that upgraded on a wrong path for as long as bytes keep
+/// trickling in; ours gives up after four read timeouts (`hold_silently`).
+#[tokio::test]
+async fn a_wrong_path_socket_that_keeps_trickling_is_dropped_after_four_read_timeouts() {
+    bounded(async {
+        let read_timeout = Duration::from_millis(400);
+        let mut c = v6();
+        c.read_timeout = read_timeout;
+        let h = start(c, AcceptAll).await;
+        let mut tcp = tokio::net::TcpStream::connect(h.local_addr()).await.unwrap();
+        let upgrade = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+        let request = format!("GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n{upgrade}\r\n");
+        let started = Instant::now();
+        tcp.write_all(request.as_bytes()).await.unwrap();
+        // A byte every 50 ms, an eighth of the read timeout, until the server closes;
+        // without the cap it would never, and the test gives up after 5 s.
+        let give_up = started + Duration::from_secs(5);
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        let mut buf = [0u8; 64];
+        let mut trickled = 0;
+        let closed_at = loop {
+            tokio::select! {
+                r = tcp.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => break Instant::now(),
+                    Ok(n) => panic!("a wrong path gets no answer: {:?}", &buf[..n]),
+                },
+                _ = tick.tick() => {
+                    if tcp.write_all(b"x").await.is_err() {
+                        break Instant::now();
+                    }
+                    trickled += 1;
+                }
+                _ = tokio::time::sleep_until(give_up) => {
+                    panic!("still open after {trickled} bytes");
+                }
+            }
+        };
+        let held = closed_at - started;
+        // The hold starts after the request was written, so four read timeouts is a
+        // strict lower bound; the upper one is a liveness bound.
+        assert!(
+            held >= read_timeout * 4,
+            "dropped after {held:?}: the trickle did not keep it"
+        );
+        assert!(
+            held <= read_timeout * 4 + Duration::from_secs(1),
+            "held for {held:?}"
+        );
+        assert!(trickled >= 20, "{trickled} bytes");
+        assert_eq!(h.metrics().rejected(RejectReason::WrongPath), 1);
         h.shutdown().await;
     })
     .await;

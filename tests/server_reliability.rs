@@ -129,7 +129,8 @@ async fn every_login_hook_precedes_its_logout_hook_under_racing_logins() {
 }
 
 #[tokio::test]
-async fn slow_handshakes_are_bounded_and_logged_in_users_keep_being_served() {
+async fn slow_handshakes_are_bounded_others_wait_their_turn_and_logged_in_users_keep_being_served()
+{
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut c = v6();
     c.max_handshakes = 2;
@@ -149,20 +150,23 @@ async fn slow_handshakes_are_bounded_and_logged_in_users_keep_being_served() {
         server.metrics().connections_open == 3
     })
     .await;
-    // A third handshake is refused at once, with a 503.
+    // A third handshake waits for a slot: its complete upgrade request is not
+    // answered while both slots are held.
     let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(WAIT, third.read_to_end(&mut answer)).await;
-    assert!(
-        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 503"),
-        "{:?}",
-        String::from_utf8_lossy(&answer)
+    let request = format!(
+        "GET /websocket HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Version: 13\r\n\r\n"
     );
-    assert_eq!(server.metrics().rejected(RejectReason::HandshakeLimit), 1);
+    third.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = [0u8; 12];
+    let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut answer)).await;
+    assert!(early.is_err(), "answered while both slots were held");
     // Alice, logged in, is served throughout.
     alice.send(&Frame::echo("alice", "still here")).await;
     assert_eq!(alice.recv().await.content(), "still here");
-    // The slow ones are cut at the handshake timeout; then new users get in again.
+    // The slow ones are cut at the handshake timeout; the third gets a slot then and
+    // is upgraded, and new users get in again.
     for tcp in &mut slow {
         let _ = tcp.write_all(b"E").await;
         let mut rest = Vec::new();
@@ -170,6 +174,12 @@ async fn slow_handshakes_are_bounded_and_logged_in_users_keep_being_served() {
         assert!(r.is_ok(), "closed by the server within the timeout");
     }
     assert_eq!(server.metrics().rejected(RejectReason::HandshakeTimeout), 2);
+    tokio::time::timeout(WAIT, third.read_exact(&mut answer))
+        .await
+        .expect("the waiting handshake is answered")
+        .unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 101", "upgraded once a slot was free");
+    assert_eq!(server.metrics().rejected(RejectReason::HandshakeLimit), 0);
     let mut bob = logged_in(&url, "bob").await;
     bob.send(&Frame::echo("bob", "in")).await;
     assert_eq!(bob.recv().await.content(), "in");

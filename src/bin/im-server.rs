@@ -41,6 +41,9 @@ struct Args {
     /// (Linux caps it at net.core.somaxconn).
     #[arg(long, default_value_t = 4096)]
     listen_backlog: u32,
+    /// Keep no history of direct messages (one store write less per message).
+    #[arg(long)]
+    no_direct_history: bool,
     /// Acknowledge a direct message to its sender only once the receiver's client
     /// acknowledged it (instead of when it is handed to the receiver's link).
     #[arg(long)]
@@ -79,6 +82,7 @@ impl Args {
         config.max_connections = self.max_connections;
         config.listen_backlog = self.listen_backlog;
         config.ack_on_receipt = self.ack_on_receipt;
+        config.direct_history = !self.no_direct_history;
         config.rate_limit = (self.rate_limit > 0).then_some(RateLimit {
             per_second: self.rate_limit,
             burst: self.rate_burst.max(1),

@@ -180,9 +180,10 @@ pub struct ServerConfig {
     /// the server. Messages stored for later are ACKed once committed either way.
     pub ack_on_receipt: bool,
     /// At most this many connections may be in their TLS and WebSocket handshake at
-    /// once; more are refused like connections over the cap (default 512). With the
-    /// handshake timeout, a flood of slow handshakes (slowloris) cannot take every
-    /// connection slot.
+    /// once (default 512); more wait for a slot, in order, within their handshake
+    /// timeout, and are refused with a 503 when it passes first. A login storm is
+    /// served rather than refused, and a flood of slow handshakes (slowloris) holds
+    /// a slot no longer than the handshake timeout.
     pub max_handshakes: usize,
     /// The listen backlog: connections the kernel completes and holds until the
     /// server accepts them (default 4096; Linux caps it at `net.core.somaxconn`,

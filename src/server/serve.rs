@@ -192,11 +192,6 @@ impl Server {
                             refuse_over_capacity(&tcp, tls.is_some());
                             continue;
                         };
-                        let Ok(handshake) = handshakes.clone().try_acquire_owned() else {
-                            shared.metrics.reject(RejectReason::HandshakeLimit);
-                            refuse_over_capacity(&tcp, tls.is_some());
-                            continue;
-                        };
                         let _ = tcp.set_nodelay(true);
                         let guard = ConnectionGuard::new(shared.clone(), permit);
                         connections.spawn(connection(
@@ -205,7 +200,7 @@ impl Server {
                             peer,
                             tls.clone(),
                             guard,
-                            handshake,
+                            handshakes.clone(),
                         ));
                     }
                     Err(e) => {
@@ -253,20 +248,34 @@ async fn connection(
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     guard: ConnectionGuard,
-    handshake: tokio::sync::OwnedSemaphorePermit,
+    handshakes: Arc<Semaphore>,
 ) {
     let deadline = Instant::now() + shared.config.handshake_timeout;
     tracing::trace!(%peer, "accepted");
+    // At most `max_handshakes` are in their handshake at once; the others wait for a
+    // slot (in order) within their handshake deadline, so a login storm is served,
+    // late rather than refused, while slow handshakes cannot take every slot.
+    let Ok(Ok(handshake)) = tokio::time::timeout_at(deadline, handshakes.acquire_owned()).await
+    else {
+        shared.metrics.reject(RejectReason::HandshakeLimit);
+        refuse_over_capacity(&tcp, tls.is_some());
+        return;
+    };
+    // What is awaited lives in the task for the connection's life: a TLS session's
+    // state (several KiB) is boxed, so that a plain connection does not carry room
+    // for it.
     match tls {
         None => session::run(shared, tcp, deadline, handshake).await,
-        Some(acceptor) => match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => session::run(shared, stream, deadline, handshake).await,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "TLS handshake failed: {e}");
-                shared.metrics.reject(RejectReason::BadHandshake);
+        Some(acceptor) => {
+            match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
+                Ok(Ok(stream)) => Box::pin(session::run(shared, stream, deadline, handshake)).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    shared.metrics.reject(RejectReason::BadHandshake);
+                }
+                Err(_) => shared.metrics.reject(RejectReason::HandshakeTimeout),
             }
-            Err(_) => shared.metrics.reject(RejectReason::HandshakeTimeout),
-        },
+        }
     }
     drop(guard);
 }

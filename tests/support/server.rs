@@ -266,8 +266,13 @@ impl ServerHooks for Recorder {
 }
 
 /// Waits until `cond` holds, polling every 10 ms, or panics after `WAIT`.
-pub async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + WAIT;
+pub async fn eventually(what: &str, cond: impl FnMut() -> bool) {
+    eventually_within(what, WAIT, cond).await;
+}
+
+/// Waits until `cond` holds, polling every 10 ms, or panics after `limit`.
+pub async fn eventually_within(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
         assert!(
             tokio::time::Instant::now() < deadline,

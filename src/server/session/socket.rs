@@ -21,7 +21,7 @@ use crate::server::metrics::out_index;
 use crate::server::state::SessionEntry;
 
 /// The read and write buffer each socket starts with; larger frames grow them.
-const SOCKET_BUFFER_BYTES: usize = 8 * 1024;
+const SOCKET_BUFFER_BYTES: usize = 512;
 
 /// Counts an open connection and releases its slot however its task ends.
 pub(crate) struct ConnectionGuard {
@@ -154,7 +154,7 @@ pub(crate) async fn run<S>(
     let config = &shared.config;
     let mut shutdown = shared.shutdown.subscribe();
     let outcome = tokio::select! {
-        o = timeout_at(handshake_deadline, upgrade(&mut stream, &config.path)) => o,
+        o = timeout_at(handshake_deadline, Box::pin(upgrade(&mut stream, &config.path))) => o,
         _ = crate::server::state::until_shutdown(&mut shutdown) => return,
     };
     let rest = match outcome {
@@ -172,7 +172,12 @@ pub(crate) async fn run<S>(
         }
         Ok(Ok(Handshake::WrongPath)) => {
             shared.metrics.reject(RejectReason::WrongPath);
-            hold_silently(&mut stream, config.read_timeout, &mut shutdown).await;
+            Box::pin(hold_silently(
+                &mut stream,
+                config.read_timeout,
+                &mut shutdown,
+            ))
+            .await;
             return;
         }
         Ok(Ok(Handshake::Upgraded { rest })) => rest,
@@ -306,8 +311,8 @@ async fn serve_socket<S>(
             biased;
             _ = crate::server::state::until_shutdown(&mut shutdown) => {
                 cleanup.unroute();
-                flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
-                send_close(&mut ws, 1001, "Going away", linger).await;
+                Box::pin(flush_queued(&mut ws, &shared, &mut rx, &queued, linger)).await;
+                Box::pin(send_close(&mut ws, 1001, "Going away", linger)).await;
                 cleanup.end = LogoutReason::Shutdown;
                 break;
             }
@@ -328,9 +333,9 @@ async fn serve_socket<S>(
                     Metrics::inc(&shared.metrics.kickouts);
                     let out = Outgoing { text: kick.to_json(), kind: ServerKind::Kickout };
                     cleanup.unroute();
-                    flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
+                    Box::pin(flush_queued(&mut ws, &shared, &mut rx, &queued, linger)).await;
                     if write_out(&mut ws, &shared, [out]).await {
-                        send_close(&mut ws, 1000, BYE, linger).await;
+                        Box::pin(send_close(&mut ws, 1000, BYE, linger)).await;
                     }
                     cleanup.end = LogoutReason::Kicked(code);
                     break;
@@ -384,15 +389,15 @@ async fn serve_socket<S>(
                     }
                     Some(Err(_)) => break,
                 };
-                session.run_jobs().await;
+                Box::pin(session.run_jobs()).await;
                 let out: Vec<Outgoing> = session.out.drain(..).collect();
                 if !write_out(&mut ws, &shared, out).await {
                     break;
                 }
                 if let Step::Close { code, reason, end } = step {
                     cleanup.unroute();
-                    flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
-                    send_close(&mut ws, code, &reason, linger).await;
+                    Box::pin(flush_queued(&mut ws, &shared, &mut rx, &queued, linger)).await;
+                    Box::pin(send_close(&mut ws, code, &reason, linger)).await;
                     cleanup.end = end;
                     break;
                 }
@@ -400,15 +405,15 @@ async fn serve_socket<S>(
             _ = sleep_until(login_deadline), if session.user.is_none() => {
                 shared.metrics.reject(RejectReason::LoginTimeout);
                 cleanup.unroute();
-                flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
-                send_close(&mut ws, 1008, "login timeout", linger).await;
+                Box::pin(flush_queued(&mut ws, &shared, &mut rx, &queued, linger)).await;
+                Box::pin(send_close(&mut ws, 1008, "login timeout", linger)).await;
                 break;
             }
             _ = sleep_until(deadline) => {
                 shared.metrics.reject(RejectReason::ReadTimeout);
                 cleanup.unroute();
-                flush_queued(&mut ws, &shared, &mut rx, &queued, linger).await;
-                send_close(&mut ws, 1000, BYE, linger).await;
+                Box::pin(flush_queued(&mut ws, &shared, &mut rx, &queued, linger)).await;
+                Box::pin(send_close(&mut ws, 1000, BYE, linger)).await;
                 cleanup.end = LogoutReason::TimedOut;
                 break;
             }

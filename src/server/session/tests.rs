@@ -417,3 +417,172 @@ async fn a_member_whose_queue_is_full_is_told_what_it_missed_and_catches_up() {
         .collect();
     assert_eq!(missed, ["m3"]);
 }
+
+/// Records what reached `on_c2s_message`, as (user, content).
+#[derive(Default)]
+struct C2sLog(std::sync::Mutex<Vec<(String, String)>>);
+
+impl crate::server::ServerHooks for C2sLog {
+    fn on_c2s_message(&self, frame: &Frame) {
+        let entry = (frame.from_id().to_owned(), frame.content().to_owned());
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+/// Sends `frame` and returns the fingerprints of the ACKs written back.
+async fn acked(sock: &mut Sock, frame: &Frame, dialect: crate::protocol::Dialect) -> Vec<String> {
+    sock.feed(frame).await;
+    sock.written()
+        .iter()
+        .filter(|f| f.server_kind(dialect) == ServerKind::Ack)
+        .map(|f| f.content().to_owned())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_c2s_dedup_window_runs_from_the_last_copy_per_user_and_every_copy_is_acked() {
+    let mut config = social();
+    config.c2s_dedup_window = Duration::from_secs(10);
+    let dialect = config.dialect;
+    let log = Arc::new(C2sLog::default());
+    let store = StoreHandle::open(&StorePath::Memory, config.store_limits.clone()).unwrap();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let shared = Arc::new(Shared::new(
+        config,
+        Box::new(log.clone()),
+        addr,
+        None,
+        store,
+    ));
+    let mut alice = Sock::login(&shared, "alice").await;
+    let mut bob = Sock::login(&shared, "bob").await;
+    let copy = |user: &str, text: &str| Frame::data(user, "0", text, true, Some("fp".into()), 1);
+    let heard = || log.0.lock().unwrap().len();
+    let dups = || shared.snapshot().c2s_duplicates;
+
+    assert_eq!(
+        acked(&mut alice, &copy("alice", "a0"), dialect).await,
+        ["fp"]
+    );
+    // Another user's frame with the same fingerprint is his own.
+    assert_eq!(acked(&mut bob, &copy("bob", "b0"), dialect).await, ["fp"]);
+    assert_eq!((heard(), dups()), (2, 0));
+    // 1 ms before the window ends: a duplicate, ACKed, not passed on.
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert_eq!(
+        acked(&mut alice, &copy("alice", "a1"), dialect).await,
+        ["fp"]
+    );
+    assert_eq!((heard(), dups()), (2, 1));
+    // Past the first copy's window, within the second's: the copy refreshed it.
+    tokio::time::advance(Duration::from_millis(9_999)).await;
+    assert_eq!(
+        acked(&mut alice, &copy("alice", "a2"), dialect).await,
+        ["fp"]
+    );
+    assert_eq!((heard(), dups()), (2, 2));
+    // Exactly a window after the last copy: forgotten, so passed on again.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        acked(&mut alice, &copy("alice", "a3"), dialect).await,
+        ["fp"]
+    );
+    assert_eq!((heard(), dups()), (3, 2));
+    let log = log.0.lock().unwrap().clone();
+    let expected = [("alice", "a0"), ("bob", "b0"), ("alice", "a3")];
+    assert_eq!(log, expected.map(|(u, c)| (u.to_owned(), c.to_owned())));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_rate_limit_refills_at_its_rate_up_to_its_burst() {
+    let mut config = social();
+    config.rate_limit = Some(crate::server::RateLimit {
+        per_second: 2,
+        burst: 5,
+    });
+    let dialect = config.dialect;
+    let shared = server(config);
+    let mut sock = Sock::open(&shared);
+    let mut sent = 0;
+    // Sends `count` echoes now; returns how many were answered, and checks that the
+    // others came back in rate-limit error frames, in order.
+    let mut burst = |sock: &mut Sock, count: usize| -> usize {
+        let texts: Vec<String> = (sent..sent + count)
+            .map(|i| Frame::echo("x", format!("e{i}")).to_json())
+            .collect();
+        sent += count;
+        for t in &texts {
+            assert_eq!(sock.session.handle_text(t, Instant::now()), Step::Continue);
+        }
+        let mut echoed = 0;
+        let mut refused = Vec::new();
+        for f in sock.written() {
+            match f.server_kind(dialect) {
+                ServerKind::EchoResponse => echoed += 1,
+                ServerKind::Error => {
+                    let e: ErrorResponse = decode_body(f.data_content.as_deref()).unwrap();
+                    assert_eq!(e.error_code, ERROR_RATE_LIMITED);
+                    refused.push(e.error_msg);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(refused, texts[echoed..], "the refused ones come back");
+        echoed
+    };
+    assert_eq!(burst(&mut sock, 10), 5, "the burst passes");
+    // Two tokens a second: one more at 500 ms, not before.
+    tokio::time::advance(Duration::from_millis(499)).await;
+    assert_eq!(burst(&mut sock, 1), 0, "0.998 tokens");
+    tokio::time::advance(Duration::from_millis(2)).await;
+    assert_eq!(burst(&mut sock, 2), 1, "1.002 tokens");
+    // A long pause refills up to the burst, no further.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    assert_eq!(burst(&mut sock, 7), 5);
+    let m = shared.snapshot();
+    assert_eq!(m.rejected(RejectReason::RateLimited), 5 + 1 + 1 + 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_users_ack_leaves_a_frame_pending_and_the_receivers_own_clears_it() {
+    let shared = server(social());
+    let mut alice = Sock::login(&shared, "alice").await;
+    let mut bob = Sock::login(&shared, "bob").await;
+    let mut eve = Sock::login(&shared, "eve").await;
+    alice
+        .feed(&Frame::data(
+            "alice",
+            "bob",
+            "hi",
+            true,
+            Some("f1".into()),
+            0,
+        ))
+        .await;
+    let got = bob.data();
+    assert_eq!(contents(&got), ["hi"]);
+    // Eve sends the very ACK bob would send (to alice, for f1), and one to the server.
+    let mut forged = Frame::ack_of(&got[0]).unwrap();
+    forged.from = Some("eve".into());
+    eve.feed(&forged).await;
+    let mut to_server = Frame::new(forged.ty, "eve", crate::protocol::SERVER_ID);
+    to_server.data_content = Some("f1".into());
+    eve.feed(&to_server).await;
+    assert!(eve.written().is_empty(), "an ACK is not answered");
+
+    // Bob's copy is still pending: resent on schedule, at 5 s.
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    timers(&shared).await;
+    assert!(bob.data().is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    timers(&shared).await;
+    let resent = bob.data();
+    assert_eq!(contents(&resent), ["hi"], "eve's ACKs did not clear it");
+    // Bob's own ACK does: no loss, nothing kept, nothing written again.
+    bob.feed(&Frame::ack_of(&resent[0]).unwrap()).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    timers(&shared).await;
+    assert!(bob.data().is_empty());
+    let m = shared.snapshot();
+    assert_eq!((m.qos_resends, m.qos_lost, m.s2c_kept), (1, 0, 0));
+}
