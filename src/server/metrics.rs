@@ -5,8 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::protocol::{ClientKind, ServerKind};
@@ -410,10 +410,32 @@ impl MetricsSnapshot {
     }
 }
 
+/// Where the metrics endpoint takes its connections from: the listener, or a test's
+/// script.
+trait Accept {
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    fn accept(&mut self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+}
+
+impl Accept for TcpListener {
+    type Stream = TcpStream;
+    async fn accept(&mut self) -> std::io::Result<TcpStream> {
+        TcpListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
 /// Serves `GET /metrics` on `listener` until `shutdown` turns true. Any other request
 /// gets 404; a request that does not arrive within 5 s is dropped.
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
+    snapshot: impl Fn() -> MetricsSnapshot + Send + Sync + 'static,
+    shutdown: watch::Receiver<bool>,
+) {
+    serve_metrics_from(listener, snapshot, shutdown).await;
+}
+
+async fn serve_metrics_from<A: Accept>(
+    mut listener: A,
     snapshot: impl Fn() -> MetricsSnapshot + Send + Sync + 'static,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -423,7 +445,7 @@ pub(crate) async fn serve_metrics(
             a = listener.accept() => a,
             _ = super::state::until_shutdown(&mut shutdown) => return,
         };
-        let Ok((mut stream, _)) = accepted else {
+        let Ok(mut stream) = accepted else {
             // Out of file descriptors and the like: do not spin.
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
@@ -501,5 +523,65 @@ mod tests {
         assert!(text.contains("im_frames_out_total{kind=\"ack\"} 1\n"));
         assert!(text.contains("im_qos_resends_total 1\n"));
         assert!(text.contains("im_rejected_total{reason=\"rate_limited\"} 0\n"));
+    }
+
+    /// Accepts as scripted: `errors` failures (as when out of descriptors), then one
+    /// in-memory connection, then nothing more. Records when it was asked.
+    struct Script {
+        errors: usize,
+        good: Option<tokio::io::DuplexStream>,
+        calls: std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>,
+    }
+
+    impl Accept for Script {
+        type Stream = tokio::io::DuplexStream;
+        async fn accept(&mut self) -> std::io::Result<Self::Stream> {
+            self.calls.lock().unwrap().push(tokio::time::Instant::now());
+            if self.errors > 0 {
+                self.errors -= 1;
+                return Err(std::io::Error::other("too many open files"));
+            }
+            match self.good.take() {
+                Some(stream) => Ok(stream),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_50_ms_and_a_good_connection_is_served_after() {
+        let (server_end, mut client) = tokio::io::duplex(4096);
+        let calls = std::sync::Arc::default();
+        let script = Script {
+            errors: 40,
+            good: Some(server_end),
+            calls: std::sync::Arc::clone(&calls),
+        };
+        let (stop, shutdown) = watch::channel(false);
+        let start = tokio::time::Instant::now();
+        let snapshot = || Metrics::default().snapshot(7);
+        let task = tokio::spawn(serve_metrics_from(script, snapshot, shutdown));
+
+        // The request is waiting before the first accept; it is answered after the
+        // 40 failures, each followed by a 50 ms pause.
+        client
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut reply = String::new();
+        client.read_to_string(&mut reply).await.unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+        assert!(reply.contains("\nim_users_online 7\n"), "{reply}");
+
+        let at: Vec<Duration> = calls.lock().unwrap().iter().map(|t| *t - start).collect();
+        // Asked at once, then 50 ms after each failure; after the good one, at once.
+        let mut want: Vec<Duration> = (0..=40).map(|i| Duration::from_millis(50 * i)).collect();
+        want.push(Duration::from_secs(2));
+        assert_eq!(at, want);
+        let first_second = at.iter().filter(|t| **t < Duration::from_secs(1)).count();
+        assert_eq!(first_second, 20, "20 accepts per second while they fail");
+
+        stop.send_replace(true);
+        task.await.unwrap();
     }
 }

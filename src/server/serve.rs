@@ -264,19 +264,26 @@ async fn connection(
     // What is awaited lives in the task for the connection's life: a TLS session's
     // state (several KiB) is boxed, so that a plain connection does not carry room
     // for it.
-    match tls {
-        None => session::run(shared, tcp, deadline, handshake).await,
-        Some(acceptor) => {
-            match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
-                Ok(Ok(stream)) => Box::pin(session::run(shared, stream, deadline, handshake)).await,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    shared.metrics.reject(RejectReason::BadHandshake);
-                }
-                Err(_) => shared.metrics.reject(RejectReason::HandshakeTimeout),
-            }
+    let Some(acceptor) = tls else {
+        session::run(shared, tcp, deadline, handshake).await;
+        drop(guard);
+        return;
+    };
+    // Bound before the session's await, so that the task does not keep room for the
+    // accept's result beside the session.
+    let stream = match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "TLS handshake failed: {e}");
+            shared.metrics.reject(RejectReason::BadHandshake);
+            return;
         }
-    }
+        Err(_) => {
+            shared.metrics.reject(RejectReason::HandshakeTimeout);
+            return;
+        }
+    };
+    Box::pin(session::run(shared, stream, deadline, handshake)).await;
     drop(guard);
 }
 
@@ -385,6 +392,13 @@ impl std::fmt::Debug for ServerHandle {
 }
 
 impl ServerHandle {
+    /// A handle on `shared` alone, with no listener: the scripted server tests push
+    /// through it.
+    #[cfg(test)]
+    pub(crate) fn over(shared: Arc<Shared>) -> Self {
+        Self { shared, tls: false }
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 use super::config::ServerConfig;
@@ -46,10 +46,96 @@ pub(crate) enum Command {
     },
 }
 
+/// A session's inbox of [`Command`]s: unbounded (the bound is the session's
+/// `queued` count), and empty of any allocation until something is queued, so an
+/// idle connection pays a few bytes for it, not a channel block.
+pub(crate) fn mailbox() -> (MailTx, MailRx) {
+    let shared = Arc::new(Mailbox {
+        inner: Mutex::new(MailboxInner::default()),
+        notify: Notify::new(),
+    });
+    (MailTx(shared.clone()), MailRx(shared))
+}
+
+#[derive(Debug)]
+struct Mailbox {
+    inner: Mutex<MailboxInner>,
+    notify: Notify,
+}
+
+#[derive(Debug, Default)]
+struct MailboxInner {
+    queue: std::collections::VecDeque<Command>,
+    /// The sender is gone: once the queue is empty, `recv` ends.
+    closed: bool,
+}
+
+impl Mailbox {
+    fn lock(&self) -> MutexGuard<'_, MailboxInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The sending side of a [`mailbox`]; dropping it ends the receiver's `recv`.
+#[derive(Debug)]
+pub(crate) struct MailTx(Arc<Mailbox>);
+
+impl MailTx {
+    /// Queues `command`; gives it back when the receiver is gone.
+    pub fn send(&self, command: Command) -> Result<(), Command> {
+        if Arc::strong_count(&self.0) < 2 {
+            return Err(command);
+        }
+        self.0.lock().queue.push_back(command);
+        self.0.notify.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for MailTx {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.notify.notify_one();
+    }
+}
+
+/// The receiving side of a [`mailbox`].
+#[derive(Debug)]
+pub(crate) struct MailRx(Arc<Mailbox>);
+
+impl MailRx {
+    /// The next command, if one is queued.
+    pub fn try_recv(&mut self) -> Option<Command> {
+        let mut inner = self.0.lock();
+        let next = inner.queue.pop_front();
+        // A burst's room is handed back once it has been written.
+        if inner.queue.is_empty() && inner.queue.capacity() > 64 {
+            inner.queue = std::collections::VecDeque::new();
+        }
+        next
+    }
+
+    /// The next command; `None` once the sender is gone and nothing is left.
+    /// Cancel safe: a command is taken only when this returns it.
+    pub async fn recv(&mut self) -> Option<Command> {
+        let mailbox = self.0.clone();
+        loop {
+            let notified = mailbox.notify.notified();
+            if let Some(next) = self.try_recv() {
+                return Some(next);
+            }
+            if mailbox.lock().closed {
+                return None;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// One open socket as the rest of the server sees it.
 #[derive(Debug)]
 pub(crate) struct SessionEntry {
-    pub tx: mpsc::UnboundedSender<Command>,
+    pub tx: MailTx,
     /// Frames queued by others and not yet written: bounded by `max_outbound_queue`.
     pub queued: Arc<AtomicUsize>,
     pub user: Option<String>,

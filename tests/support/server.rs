@@ -114,6 +114,21 @@ impl Client {
         }
     }
 
+    /// Sends an echo and expects its answer as the next frame. A session writes what
+    /// was queued for its socket before it reads on, so this proves that nothing
+    /// else was queued for this socket before the server read the echo: an event to
+    /// wait on, where a silence would be a sleep.
+    pub async fn barrier(&mut self) {
+        let tag = "barrier";
+        self.send(&Frame::echo("barrier", tag)).await;
+        let next = self.recv().await;
+        assert_eq!(
+            (next.ty, next.content()),
+            (53, tag),
+            "only the echo's answer: {next:?}"
+        );
+    }
+
     /// Expects the server's close frame, and then the end of the stream.
     pub async fn expect_close(&mut self) -> (u16, String) {
         match self.next_event().await {

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
-use tokio::sync::mpsc;
 use tokio::time::{sleep_until, timeout, timeout_at};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -18,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use super::*;
 use crate::server::handshake::{Handshake, upgrade};
 use crate::server::metrics::out_index;
-use crate::server::state::SessionEntry;
+use crate::server::state::{MailRx, SessionEntry, mailbox};
 
 /// The read and write buffer each socket starts with; larger frames grow them.
 const SOCKET_BUFFER_BYTES: usize = 512;
@@ -122,14 +121,14 @@ impl Drop for SessionCleanup {
 async fn flush_queued<S>(
     ws: &mut WebSocketStream<S>,
     shared: &Shared,
-    rx: &mut mpsc::UnboundedReceiver<Command>,
+    rx: &mut MailRx,
     queued: &AtomicUsize,
     linger: Duration,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = Vec::new();
-    while let Ok(cmd) = rx.try_recv() {
+    while let Some(cmd) = rx.try_recv() {
         if let Command::Send(o) = cmd {
             queued.fetch_sub(1, Ordering::Relaxed);
             out.push(o);
@@ -290,7 +289,7 @@ async fn serve_socket<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let id = shared.next_session_id();
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    let (tx, mut rx) = mailbox();
     let queued = Arc::new(AtomicUsize::new(0));
     shared.lock().sessions.insert(
         id,

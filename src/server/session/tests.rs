@@ -4,12 +4,10 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 use super::socket::SessionCleanup;
 use super::*;
 use crate::protocol::{RoomOp, RoomReply, RoomRequest, decode_body};
-use crate::server::state::SessionEntry;
+use crate::server::state::{MailRx, SessionEntry, mailbox};
 use crate::server::store::{StoreHandle, StorePath};
 use crate::server::{AcceptAll, S2cQosConfig, ServerConfig, serve::settle_lost};
 
@@ -40,7 +38,7 @@ async fn timers(shared: &Arc<Shared>) {
 /// One accepted socket, as its task would hold it.
 struct Sock {
     session: Session,
-    rx: mpsc::UnboundedReceiver<Command>,
+    rx: MailRx,
     queued: Arc<AtomicUsize>,
     cleanup: SessionCleanup,
     /// Written after the login reply, not yet looked at.
@@ -50,7 +48,7 @@ struct Sock {
 impl Sock {
     fn open(shared: &Arc<Shared>) -> Self {
         let id = shared.next_session_id();
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mailbox();
         let queued = Arc::new(AtomicUsize::new(0));
         let entry = SessionEntry {
             tx,
@@ -98,7 +96,7 @@ impl Sock {
     /// sessions and the timers handed to it. A kickout shows as a frame too.
     fn written(&mut self) -> Vec<Frame> {
         let mut texts: Vec<String> = self.session.out.drain(..).map(|o| o.text).collect();
-        while let Ok(cmd) = self.rx.try_recv() {
+        while let Some(cmd) = self.rx.try_recv() {
             match cmd {
                 Command::Send(o) => {
                     self.queued.fetch_sub(1, Ordering::Relaxed);
@@ -585,4 +583,284 @@ async fn another_users_ack_leaves_a_frame_pending_and_the_receivers_own_clears_i
     assert!(bob.data().is_empty());
     let m = shared.snapshot();
     assert_eq!((m.qos_resends, m.qos_lost, m.s2c_kept), (1, 0, 0));
+}
+
+/// Records what reached `on_s2c_lost`, as (user, frame).
+#[derive(Default)]
+struct LostLog(std::sync::Mutex<Vec<(String, Frame)>>);
+
+impl crate::server::ServerHooks for LostLog {
+    fn on_s2c_lost(&self, user: &str, frame: &Frame) {
+        let entry = (user.to_owned(), frame.clone());
+        self.0.lock().unwrap().push(entry);
+    }
+}
+
+/// A server whose `on_s2c_lost` is recorded.
+fn server_losing(config: ServerConfig) -> (Arc<Shared>, Arc<LostLog>) {
+    let log = Arc::new(LostLog::default());
+    let store = StoreHandle::open(&StorePath::Memory, config.store_limits.clone()).unwrap();
+    let addr = "127.0.0.1:0".parse().unwrap();
+    let hooks = Box::new(log.clone());
+    let shared = Arc::new(Shared::new(config, hooks, addr, None, store));
+    (shared, log)
+}
+
+/// The fingerprints `on_s2c_lost` heard of, with their users.
+fn lost(log: &LostLog) -> Vec<(String, Option<String>)> {
+    let log = log.0.lock().unwrap();
+    log.iter().map(|(u, f)| (u.clone(), f.fp.clone())).collect()
+}
+
+/// `ServerHandle::push` on the clock (the socket test in `tests/server_extensions.rs`
+/// checks only its wiring): a QoS push is written at once, resent once at exactly
+/// 5 s, given up at exactly 10 s and reported to `on_s2c_lost` once; an ACK, at once
+/// or after the resend, stops it.
+#[tokio::test(start_paused = true)]
+async fn a_qos_push_is_resent_at_5_s_lost_at_10_s_and_reported_once_unless_acked() {
+    let (shared, log) = server_losing(social());
+    let handle = crate::server::ServerHandle::over(shared.clone());
+    let mut bob = Sock::login(&shared, "bob").await;
+    let m = || {
+        let m = shared.snapshot();
+        (m.qos_resends, m.qos_lost, m.s2c_kept)
+    };
+
+    // ACKed at once: never written again.
+    let fp = handle.push("bob", "hello bob", true, 7).unwrap().unwrap();
+    let got = bob.data();
+    assert_eq!(
+        got.iter().map(Frame::to_json).collect::<Vec<_>>(),
+        [format!(
+            r#"{{"bridge":false,"type":2,"dataContent":"hello bob","from":"0","to":"bob","fp":"{fp}","QoS":true,"typeu":7,"sm":-1}}"#
+        )]
+    );
+    bob.feed(&Frame::ack_of(&got[0]).unwrap()).await;
+    assert!(bob.written().is_empty(), "an ACK is not answered");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    timers(&shared).await;
+    assert!(bob.data().is_empty());
+    assert_eq!((m(), lost(&log)), ((0, 0, 0), vec![]));
+
+    // Never ACKed: the same frame once more at 5 s, nothing more, the loss at 10 s.
+    let lost_fp = handle.push("bob", "never acked", true, 0).unwrap().unwrap();
+    let first = bob.data();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].fp.as_deref(), Some(lost_fp.as_str()));
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    timers(&shared).await;
+    assert!(bob.data().is_empty(), "nothing is due before 5 s");
+    tokio::time::advance(Duration::from_millis(1)).await;
+    timers(&shared).await;
+    let resent = bob.data();
+    assert_eq!(
+        resent.iter().map(Frame::to_json).collect::<Vec<_>>(),
+        [first[0].to_json()],
+        "the resend is the same frame"
+    );
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    timers(&shared).await;
+    assert!(bob.data().is_empty(), "one resend only");
+    assert_eq!(
+        (m(), lost(&log)),
+        ((1, 0, 0), vec![]),
+        "not lost before 10 s"
+    );
+    tokio::time::advance(Duration::from_millis(1)).await;
+    timers(&shared).await;
+    let want = vec![("bob".to_owned(), Some(lost_fp.clone()))];
+    assert_eq!((m(), lost(&log)), ((1, 1, 0), want.clone()), "lost at 10 s");
+    assert_eq!(log.0.lock().unwrap()[0].1.content(), "never acked");
+    assert!(bob.data().is_empty(), "a push is not kept in the box");
+
+    // ACKed after the resend: no loss, nothing more.
+    handle.push("bob", "late ack", true, 0).unwrap().unwrap();
+    assert_eq!(bob.data().len(), 1);
+    tokio::time::advance(Duration::from_secs(5)).await;
+    timers(&shared).await;
+    let resent = bob.data();
+    assert_eq!(contents(&resent), ["late ack"]);
+    bob.feed(&Frame::ack_of(&resent[0]).unwrap()).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    timers(&shared).await;
+    assert!(bob.data().is_empty());
+    assert_eq!(
+        (m(), lost(&log)),
+        ((2, 1, 0), want),
+        "reported once, in all"
+    );
+
+    // Without QoS: no fingerprint, nothing pending.
+    assert_eq!(handle.push("bob", "plain", false, 0), Ok(None));
+    assert_eq!(contents(&bob.data()), ["plain"]);
+    tokio::time::advance(Duration::from_secs(30)).await;
+    timers(&shared).await;
+    assert!(bob.data().is_empty());
+}
+
+/// Scenario 02 of the capture on the clock, upstream's rules (no social extension),
+/// default timings; the socket version is `tests/server_upstream.rs`
+/// (`s2c_qos_resend_and_loss_02`). A relayed message never ACKed: the sender gets one
+/// relay ACK, the receiver the frame at 0 and 5 s, the host its loss at 10 s, once.
+#[tokio::test(start_paused = true)]
+async fn scenario_02_a_relay_never_acked_is_resent_at_5_s_and_reported_lost_at_10_s() {
+    let mut config = social();
+    config.extensions = false;
+    let (shared, log) = server_losing(config);
+    let dialect = shared.config.dialect;
+    let mut alice = Sock::login(&shared, "alice").await;
+    let mut bob = Sock::login(&shared, "bob").await;
+    let msg = Frame::data("alice", "bob", "no-ack test 0", true, None, -1);
+    alice.feed(&msg).await;
+    let acks = alice.written();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].server_kind(dialect), ServerKind::Ack);
+    assert_eq!(acks[0].content(), msg.fp.as_deref().unwrap());
+    let first = bob.written();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].to_json(), msg.to_json(), "relayed as sent");
+
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    timers(&shared).await;
+    assert!(bob.written().is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    timers(&shared).await;
+    let second = bob.written();
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        second[0].to_json(),
+        msg.to_json(),
+        "the resend is the same frame"
+    );
+    tokio::time::advance(Duration::from_millis(4_999)).await;
+    timers(&shared).await;
+    assert!(bob.written().is_empty());
+    assert!(lost(&log).is_empty());
+    tokio::time::advance(Duration::from_millis(1)).await;
+    timers(&shared).await;
+    assert_eq!(lost(&log), [("bob".to_owned(), msg.fp.clone())]);
+    assert!(bob.written().is_empty() && alice.written().is_empty());
+    let m = shared.snapshot();
+    assert_eq!((m.qos_resends, m.qos_lost, m.s2c_kept), (1, 1, 0));
+
+    // An ACK after the resend stops it; an ACK at once means no resend.
+    let late = Frame::data("alice", "bob", "ack-the-resend", true, None, -1);
+    alice.feed(&late).await;
+    tokio::time::advance(Duration::from_secs(5)).await;
+    timers(&shared).await;
+    assert_eq!(contents(&bob.data()), ["ack-the-resend", "ack-the-resend"]);
+    bob.feed(&Frame::ack_of(&late).unwrap()).await;
+    let at_once = Frame::data("alice", "bob", "ack-at-once", true, None, -1);
+    alice.feed(&at_once).await;
+    assert_eq!(contents(&bob.data()), ["ack-at-once"]);
+    bob.feed(&Frame::ack_of(&at_once).unwrap()).await;
+    tokio::time::advance(Duration::from_secs(30)).await;
+    timers(&shared).await;
+    assert!(bob.written().is_empty());
+    assert_eq!(alice.written().len(), 2, "one relay ACK each");
+    let m = shared.snapshot();
+    assert_eq!((m.qos_resends, m.qos_lost), (2, 1));
+    assert_eq!(lost(&log).len(), 1, "reported once");
+}
+
+/// A socket task (`run`) over an in-memory stream, with a WebSocket client on the
+/// other end: the deadlines the task keeps, on the paused clock.
+async fn socket_client(
+    shared: &Arc<Shared>,
+) -> (
+    tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (server_end, client_end) = tokio::io::duplex(64 * 1024);
+    let slots = Arc::new(tokio::sync::Semaphore::new(1));
+    let permit = slots.acquire_owned().await.unwrap();
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let task = tokio::spawn(run(shared.clone(), server_end, deadline, permit));
+    let url = format!("ws://127.0.0.1{}", shared.config.path);
+    let (ws, _) = tokio_tungstenite::client_async(url, client_end)
+        .await
+        .unwrap();
+    (ws, task)
+}
+
+/// What the client reads next, as (text, close): pings and pongs skipped.
+async fn next_message(
+    ws: &mut tokio_tungstenite::WebSocketStream<tokio::io::DuplexStream>,
+) -> (Option<Frame>, Option<(u16, String)>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        return match ws.next().await {
+            Some(Ok(Message::Text(t))) => (Some(Frame::decode(t.as_str()).unwrap()), None),
+            Some(Ok(Message::Close(Some(c)))) => {
+                (None, Some((c.code.into(), c.reason.to_string())))
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            other => panic!("unexpected {other:?}"),
+        };
+    }
+}
+
+/// The twin of `tests/server_reliability.rs` (`a_socket_that_never_logs_in_...`) on
+/// the clock: echoes every 3 s keep the read timeout (11 s) away, but a socket that
+/// has not logged in is closed at exactly the login timeout (10 s) after the
+/// upgrade, with 1008; one that logged in is still served after it.
+#[tokio::test(start_paused = true)]
+async fn a_socket_is_closed_at_exactly_the_login_timeout_unless_it_logs_in() {
+    use futures_util::SinkExt;
+    let mut config = social();
+    config.dialect = crate::protocol::Dialect::MobileImSdkV6;
+    // Upstream's protocol: a login waits for no store (a wait on another thread would
+    // let the paused clock jump).
+    config.extensions = false;
+    config.read_timeout = Duration::from_secs(11);
+    let shared = server(config);
+    assert_eq!(shared.config.login_timeout, Duration::from_secs(10));
+    let shared_t0 = Instant::now();
+    let (mut alice, alice_task) = socket_client(&shared).await;
+    eprintln!("DBG a {:?}", shared_t0.elapsed());
+    let (mut idle, idle_task) = socket_client(&shared).await;
+    eprintln!("DBG b {:?}", shared_t0.elapsed());
+    let start = Instant::now();
+    let login = Frame::login(&LoginInfo {
+        login_user_id: "alice".to_owned(),
+        login_token: String::new(),
+        extra: None,
+        first_login_time: 0,
+        app: None,
+    });
+    alice.send(login.to_json().into()).await.unwrap();
+    eprintln!("DBG c {:?}", shared_t0.elapsed());
+    let (reply, _) = next_message(&mut alice).await;
+    eprintln!("DBG d {:?} {reply:?}", shared_t0.elapsed());
+    assert_eq!(reply.unwrap().ty, 50);
+
+    for at in [0, 3, 6, 9] {
+        tokio::time::sleep_until(start + Duration::from_secs(at)).await;
+        eprintln!("DBG at {at} {:?} {:?}", start.elapsed(), idle_task.is_finished());
+        idle.send(Frame::echo("x", "ping").to_json().into())
+            .await
+            .unwrap();
+        let (echo, close) = next_message(&mut idle).await;
+        assert_eq!((echo.map(|f| f.ty), close), (Some(53), None), "at {at} s");
+    }
+    let (text, close) = next_message(&mut idle).await;
+    assert_eq!(text, None);
+    assert_eq!(close, Some((1008, "login timeout".to_owned())));
+    assert_eq!(start.elapsed(), Duration::from_secs(10), "exactly at 10 s");
+    assert_eq!(shared.snapshot().rejected(RejectReason::LoginTimeout), 1);
+    drop(idle);
+    idle_task.await.unwrap();
+
+    // Alice, logged in at 0 s, is served after her login deadline.
+    tokio::time::advance(Duration::from_millis(500)).await;
+    alice
+        .send(Frame::echo("alice", "still").to_json().into())
+        .await
+        .unwrap();
+    let (echo, close) = next_message(&mut alice).await;
+    assert_eq!((echo.map(|f| f.ty), close), (Some(53), None));
+    assert_eq!(shared.snapshot().rejected(RejectReason::LoginTimeout), 1);
+    drop(alice);
+    alice_task.await.unwrap();
 }
