@@ -16,6 +16,8 @@ fn v6() -> ServerConfig {
     config(Dialect::MobileImSdkV6)
 }
 
+/// The wiring over a socket, waiting on events; the exact deadline is checked on a
+/// paused clock in `src/server/session/tests.rs` (`a_socket_that_never_logs_in_...`).
 #[tokio::test]
 async fn a_socket_that_never_logs_in_is_closed_at_the_login_deadline() {
     let login_timeout = Duration::from_millis(300);
