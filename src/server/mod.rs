@@ -74,6 +74,9 @@
 
 mod background;
 mod config;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handshake;
 mod hooks;
 mod metrics;
