@@ -21,7 +21,7 @@ use super::ServerConfig;
 use super::hooks::{LogoutReason, Moderation, ServerHooks};
 use super::serve::settle_lost;
 use super::session::{Session, SessionCleanup, Step};
-use super::state::{Command, MailRx, SessionEntry, Shared, mailbox};
+use super::state::{Command, MailRx, Shared};
 use super::store::{StoreHandle, StorePath};
 use crate::protocol::{Frame, KickoutCode};
 
@@ -156,15 +156,7 @@ impl Driver {
     pub fn open(&mut self) -> usize {
         let _in = self.rt.enter();
         let shared = &self.shared;
-        let id = shared.next_session_id();
-        let (tx, rx) = mailbox();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let entry = SessionEntry {
-            tx,
-            queued: queued.clone(),
-            user: None,
-        };
-        shared.lock().sessions.insert(id, entry);
+        let (id, rx, queued) = shared.open_session();
         self.socks.push(Some(Sock {
             session: Session::new(id, shared.clone(), Instant::now()),
             rx,

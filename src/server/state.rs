@@ -390,6 +390,21 @@ impl Shared {
         self.next_session.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Registers a new socket: its id, the inbox others queue its frames in, and the
+    /// count of those frames (bounded by `max_outbound_queue`).
+    pub fn open_session(&self) -> (SessionId, MailRx, Arc<AtomicUsize>) {
+        let id = self.next_session_id();
+        let (tx, rx) = mailbox();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let entry = SessionEntry {
+            tx,
+            queued: queued.clone(),
+            user: None,
+        };
+        self.lock().sessions.insert(id, entry);
+        (id, rx, queued)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         *self.shutdown.borrow()
     }

@@ -3,6 +3,25 @@
 use super::*;
 
 impl Session {
+    /// The login reply: code 0 with the `firstLoginTime` and the extensions this
+    /// server serves, or a refusal (time -1, no extensions).
+    fn push_login_reply(&mut self, user: &str, code: i32, first_login_time: i64) {
+        let ext = if code == 0 {
+            served_extensions(&self.shared.config)
+        } else {
+            Vec::new()
+        };
+        let reply = Frame::login_response(
+            user,
+            &LoginResponse {
+                code,
+                first_login_time,
+                ext,
+            },
+        );
+        self.push(&reply, ServerKind::LoginResponse);
+    }
+
     pub(super) fn login(&mut self, frame: &Frame) -> Step {
         let shared = self.shared.clone();
         let info = match decode_body::<LoginInfo>(frame.data_content.as_deref()) {
@@ -24,15 +43,7 @@ impl Session {
                 // Upstream closes without a word; the client gets a failed login reply.
                 tracing::debug!(session = self.id, "refusing a bad login: {why}");
                 shared.metrics.reject(RejectReason::BadLogin);
-                let reply = Frame::login_response(
-                    frame.from_id(),
-                    &LoginResponse {
-                        code: ResultCode::InvalidProtocol.code(),
-                        first_login_time: -1,
-                        ext: Vec::new(),
-                    },
-                );
-                self.push(&reply, ServerKind::LoginResponse);
+                self.push_login_reply(frame.from_id(), ResultCode::InvalidProtocol.code(), -1);
                 return Step::bye(LogoutReason::Closed);
             }
         };
@@ -44,15 +55,7 @@ impl Session {
             } else {
                 self.first_login_time
             };
-            let reply = Frame::login_response(
-                &user,
-                &LoginResponse {
-                    code: 0,
-                    first_login_time: t,
-                    ext: served_extensions(&shared.config),
-                },
-            );
-            self.push(&reply, ServerKind::LoginResponse);
+            self.push_login_reply(&user, 0, t);
             return Step::Continue;
         }
         let code = shared.hooks.verify_login(
@@ -63,15 +66,7 @@ impl Session {
         );
         if code != 0 {
             shared.metrics.reject(RejectReason::LoginRefused);
-            let reply = Frame::login_response(
-                &user,
-                &LoginResponse {
-                    code,
-                    first_login_time: -1,
-                    ext: Vec::new(),
-                },
-            );
-            self.push(&reply, ServerKind::LoginResponse);
+            self.push_login_reply(&user, code, -1);
             return Step::bye(LogoutReason::Closed);
         }
         let t = if info.first_login_time <= 0 {
@@ -79,15 +74,7 @@ impl Session {
         } else {
             info.first_login_time
         };
-        let reply = Frame::login_response(
-            &user,
-            &LoginResponse {
-                code: 0,
-                first_login_time: t,
-                ext: served_extensions(&shared.config),
-            },
-        );
-        self.push(&reply, ServerKind::LoginResponse);
+        self.push_login_reply(&user, 0, t);
         Metrics::inc(&shared.metrics.logins_ok);
 
         let mut calls = Vec::new();

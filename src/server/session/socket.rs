@@ -17,7 +17,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use super::*;
 use crate::server::handshake::{Handshake, upgrade};
 use crate::server::metrics::out_index;
-use crate::server::state::{MailRx, SessionEntry, mailbox};
+use crate::server::state::MailRx;
 
 /// The read and write buffer each socket starts with; larger frames grow them.
 const SOCKET_BUFFER_BYTES: usize = 512;
@@ -288,17 +288,7 @@ async fn serve_socket<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let id = shared.next_session_id();
-    let (tx, mut rx) = mailbox();
-    let queued = Arc::new(AtomicUsize::new(0));
-    shared.lock().sessions.insert(
-        id,
-        SessionEntry {
-            tx,
-            queued: queued.clone(),
-            user: None,
-        },
-    );
+    let (id, mut rx, queued) = shared.open_session();
     let mut cleanup = SessionCleanup::new(shared.clone(), id);
     let linger = shared.config.close_linger;
     let read_timeout = shared.config.read_timeout;

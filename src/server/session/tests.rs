@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::socket::SessionCleanup;
 use super::*;
 use crate::protocol::{RoomOp, RoomReply, RoomRequest, decode_body};
-use crate::server::state::{MailRx, SessionEntry, mailbox};
+use crate::server::state::MailRx;
 use crate::server::store::{StoreHandle, StorePath};
 use crate::server::{AcceptAll, S2cQosConfig, ServerConfig, serve::settle_lost};
 
@@ -47,15 +47,7 @@ struct Sock {
 
 impl Sock {
     fn open(shared: &Arc<Shared>) -> Self {
-        let id = shared.next_session_id();
-        let (tx, rx) = mailbox();
-        let queued = Arc::new(AtomicUsize::new(0));
-        let entry = SessionEntry {
-            tx,
-            queued: queued.clone(),
-            user: None,
-        };
-        shared.lock().sessions.insert(id, entry);
+        let (id, rx, queued) = shared.open_session();
         Self {
             session: Session::new(id, shared.clone(), Instant::now()),
             rx,
