@@ -35,6 +35,10 @@ struct Args {
     /// Rounds; the two sides alternate.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Run the app's schedules on its main thread only (a task pool of one thread),
+    /// as a headless app that does little else may.
+    #[arg(long)]
+    one_thread: bool,
 }
 
 const DIALECT: Dialect = Dialect::MobileImSdkV6;
@@ -136,7 +140,12 @@ fn count_deliveries(mut delivered: MessageReader<MessageDelivered>, mut load: Re
 /// Returns messages per second and updates run.
 fn plugin(url: &str, user: &str, args: &Args, fps: u32) -> (f64, u64) {
     let mut app = App::new();
-    app.add_plugins(MinimalPlugins)
+    let task_pool_options = if args.one_thread {
+        TaskPoolOptions::with_num_threads(1)
+    } else {
+        TaskPoolOptions::default()
+    };
+    app.add_plugins(MinimalPlugins.set(TaskPoolPlugin { task_pool_options }))
         .add_plugins(ImClientPlugin::new(ImConfig::new(url).dialect(DIALECT)))
         .insert_resource(Load {
             to_send: args.messages,
@@ -195,8 +204,8 @@ fn main() {
     runtime.spawn(echo(url.clone()));
     std::thread::sleep(Duration::from_millis(200));
     println!(
-        "messages={} window={} size=64 rounds={}",
-        args.messages, args.window, args.rounds
+        "messages={} window={} size=64 rounds={} one_thread={}",
+        args.messages, args.window, args.rounds, args.one_thread
     );
     let mut ratios = Vec::new();
     for round in 0..args.rounds {
