@@ -342,6 +342,13 @@ impl<K: Hash + Eq + Ord + Clone> QosSendTable<K> {
         self.pending.contains_key(fp)
     }
 
+    /// Keeps only the pending frames `keep` says yes to; the others leave without an
+    /// outcome.
+    pub fn retain(&mut self, mut keep: impl FnMut(&K, &Frame) -> bool) {
+        self.pending.retain(|k, p| keep(k, &p.frame));
+        self.compact();
+    }
+
     /// The keys of the pending frames, in no particular order.
     pub fn keys(&self) -> impl Iterator<Item = &K> {
         self.pending.keys()

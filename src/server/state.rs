@@ -593,6 +593,11 @@ impl Shared {
         let Some(receiver) = state.pending.get_mut(user) else {
             return;
         };
+        // What came from the offline box is sent from there again after the login
+        // (room copies carry an id too, and stay).
+        receiver.table.retain(|_, frame| {
+            frame.mid.is_none() || frame.to_id().starts_with(crate::protocol::ROOM_PREFIX)
+        });
         let (frames, resends) = receiver.table.login_flush(self.uptime(Instant::now()));
         if let Some(next) = receiver.table.next_deadline()
             && next < receiver.wake

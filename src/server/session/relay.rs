@@ -19,6 +19,10 @@ impl Session {
         }
         // Deliberate difference: nobody can send as someone else.
         frame.from = Some(user.to_owned());
+        // The message id and "stored" are the server's to give: a forged `mid` would
+        // make the receiver's ACK take another message out of its offline box.
+        frame.mid = None;
+        frame.stored = false;
         let Some(to) = frame.to.clone() else {
             shared.metrics.reject(RejectReason::NoReceiver);
             return;

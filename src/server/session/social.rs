@@ -116,7 +116,7 @@ impl Session {
         if reply.code != room_code::OK {
             self.shared.metrics.reject(RejectReason::BadRoomRequest);
         }
-        let frame = Frame::room_reply(user, reply);
+        let frame = fit_reply(user, reply, self.shared.config.max_frame_bytes);
         self.push(&frame, ServerKind::Room);
     }
 
@@ -477,6 +477,32 @@ pub(crate) fn offline_frame(user: &str, m: StoredMessage) -> Frame {
     frame.sm = m.ts_ms;
     frame.mid = Some(m.mid);
     frame
+}
+
+/// The reply as a frame within `limit` bytes: a page of long messages loses its
+/// oldest ones (the client pages back for them with `before`), then a member or room
+/// list its last entries, and `more` says that something was left out. A reply that
+/// fits is untouched.
+fn fit_reply(user: &str, reply: &RoomReply, limit: usize) -> Frame {
+    let fits = |f: &Frame| f.encode_with_limit(limit).is_ok();
+    let frame = Frame::room_reply(user, reply);
+    if fits(&frame) {
+        return frame;
+    }
+    let mut cut = reply.clone();
+    cut.more = true;
+    loop {
+        if !cut.messages.is_empty() {
+            cut.messages.remove(0);
+        } else if cut.members.pop().is_none() && cut.rooms.pop().is_none() {
+            // Nothing left to leave out: the bare reply is small.
+            return Frame::room_reply(user, &cut);
+        }
+        let frame = Frame::room_reply(user, &cut);
+        if fits(&frame) {
+            return frame;
+        }
+    }
 }
 
 /// The largest history page a client may ask for.

@@ -825,3 +825,85 @@ async fn a_socket_that_never_logs_in_is_closed_at_exactly_the_login_timeout() {
     drop(idle);
     idle_task.await.unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_history_page_too_long_for_a_frame_leaves_out_its_oldest_and_says_more() {
+    let mut config = social();
+    config.max_frame_bytes = 1024;
+    let shared = server(config);
+    let mut alice = Sock::login(&shared, "alice").await;
+    let mut bob = Sock::login(&shared, "bob").await;
+    for n in 0..3 {
+        let text = format!("{n}{}", "x".repeat(400));
+        alice
+            .feed(&Frame::data(
+                "alice",
+                "bob",
+                text,
+                true,
+                Some(format!("f{n}")),
+                0,
+            ))
+            .await;
+    }
+    assert_eq!(bob.data().len(), 3, "each message fits a frame on its own");
+    alice.written();
+    shared.store.flush().await.unwrap();
+    let mut request = RoomRequest::new(5, RoomOp::History);
+    request.peer = Some("bob".into());
+    alice.feed(&Frame::room_request("alice", &request)).await;
+    let written = alice.written();
+    let text = written.last().unwrap().to_json();
+    assert!(text.len() <= 1024, "{} bytes", text.len());
+    let page = reply(written.last().unwrap());
+    assert_eq!(page.code, 0);
+    assert!(page.more, "what was left out can be paged for");
+    let kept: Vec<char> = page
+        .messages
+        .iter()
+        .map(|m| m.content.chars().next().unwrap())
+        .collect();
+    assert!(!kept.is_empty() && kept.len() < 3, "{kept:?}");
+    assert_eq!(kept.last(), Some(&'2'), "the newest are kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_forged_mid_cannot_take_another_senders_message_out_of_a_box() {
+    let shared = server(social());
+    let mut carol = Sock::login(&shared, "carol").await;
+    carol
+        .feed(&Frame::data(
+            "carol",
+            "bob",
+            "for later",
+            true,
+            Some("c1".into()),
+            0,
+        ))
+        .await;
+    shared.store.flush().await.unwrap();
+    let mut bob = Sock::login(&shared, "bob").await;
+    let boxed = bob.data();
+    assert_eq!(contents(&boxed), ["for later"]);
+    let mid = boxed[0].mid;
+    assert!(mid.is_some());
+    // Alice forges the box message's id and "stored" on a message of her own.
+    let mut alice = Sock::login(&shared, "alice").await;
+    let mut forged = Frame::data("alice", "bob", "forged", true, Some("a1".into()), 0);
+    forged.mid = mid;
+    forged.stored = true;
+    alice.feed(&forged).await;
+    let got = bob.data();
+    assert_eq!(contents(&got), ["forged"]);
+    assert_eq!(
+        (got[0].mid, got[0].stored),
+        (None, false),
+        "the server's fields only"
+    );
+    bob.feed(&Frame::ack_of(&got[0]).unwrap()).await;
+    shared.store.flush().await.unwrap();
+    // Carol's message, never ACKed, is still in the box at bob's next login.
+    bob.close(LogoutReason::Logout);
+    let mut bob = Sock::login(&shared, "bob").await;
+    assert_eq!(contents(&bob.data()), ["for later"]);
+}
