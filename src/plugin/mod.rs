@@ -25,6 +25,8 @@ mod client;
 pub mod conditions;
 pub mod diagnostics;
 mod inbox;
+#[cfg(any(target_arch = "wasm32", test))]
+mod keeper;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -344,8 +346,30 @@ impl Plugin for ImClientPlugin {
             .add_systems(PostUpdate, tick.in_set(ImSystems::Tick))
             .add_systems(PostUpdate, send.in_set(ImSystems::Send));
         diagnostics::register(app);
+        #[cfg(target_arch = "wasm32")]
+        {
+            // Between frames the clients are parked where socket events and a worker's
+            // timer drive them; see `keeper`.
+            let mut order = app
+                .world_mut()
+                .resource_mut::<bevy::app::MainScheduleOrder>();
+            order.insert_before(First, ImUnpark);
+            order.insert_after(Last, ImPark);
+            app.add_systems(ImUnpark, keeper::unpark)
+                .add_systems(ImPark, keeper::park);
+        }
     }
 }
+
+/// On wasm, before `First`: the clients come back from between frames.
+#[cfg(target_arch = "wasm32")]
+#[derive(bevy::ecs::schedule::ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
+struct ImUnpark;
+
+/// On wasm, after `Last`: the clients go where they run between frames.
+#[cfg(target_arch = "wasm32")]
+#[derive(bevy::ecs::schedule::ScheduleLabel, Debug, Clone, PartialEq, Eq, Hash)]
+struct ImPark;
 
 #[cfg(not(target_arch = "wasm32"))]
 fn platform_transport(config: &TransportConfig) -> Box<dyn Transport> {
@@ -379,14 +403,7 @@ fn receive(
     let now = world.resource::<Time<Real>>().elapsed();
     for (mut core, mut transport, ..) in clients.iter_mut(world) {
         while let Some(event) = transport.0.poll() {
-            match event {
-                TransportEvent::Opened { link } => core.on_link_opened(link, now),
-                TransportEvent::Text { link, text } => core.on_text(link, &text, now),
-                TransportEvent::Closed { link, code, reason } => {
-                    core.on_link_closed(link, code, &reason, now)
-                }
-                TransportEvent::Error { link, error } => core.on_link_error(link, error),
-            }
+            core.on_transport_event(event, now);
         }
     }
     deliver(world, clients);
@@ -456,6 +473,18 @@ fn update_status(world: &mut World, primary: &mut QueryState<&ClientCore, With<I
 }
 
 impl ClientCore {
+    /// Takes in one event of the client's transport.
+    fn on_transport_event(&mut self, event: TransportEvent, now: Duration) {
+        match event {
+            TransportEvent::Opened { link } => self.on_link_opened(link, now),
+            TransportEvent::Text { link, text } => self.on_text(link, &text, now),
+            TransportEvent::Closed { link, code, reason } => {
+                self.on_link_closed(link, code, &reason, now)
+            }
+            TransportEvent::Error { link, error } => self.on_link_error(link, error),
+        }
+    }
+
     /// Carries out the queued actions on `transport`, reporting the game's own writes
     /// as [`SendResult`].
     fn flush_into(&mut self, transport: &mut dyn Transport, url: &str) {

@@ -24,6 +24,8 @@ pub use memory::{MemoryPeer, MemoryTransport};
 pub use native::{IoThreadWatch, NativeTransport};
 #[cfg(target_arch = "wasm32")]
 pub use web::WebTransport;
+#[cfg(target_arch = "wasm32")]
+pub(crate) use web::set_socket_event_hook;
 
 use crate::protocol::MAX_FRAME_BYTES;
 

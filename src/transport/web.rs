@@ -29,6 +29,15 @@ static INSTANCE_SEQ: AtomicU64 = AtomicU64::new(1);
 thread_local! {
     /// The open sockets of every [`WebTransport`] on this thread.
     static SOCKETS: RefCell<HashMap<(u64, LinkId), WsSender>> = RefCell::new(HashMap::new());
+    /// Called after every socket event is queued (the plugin's between-frames driver).
+    static SOCKET_EVENT_HOOK: std::cell::Cell<Option<fn()>> = const { std::cell::Cell::new(None) };
+}
+
+/// Has `hook` called from the browser's event loop after each socket event of every
+/// [`WebTransport`] on this thread is queued for [`poll`](Transport::poll): the plugin
+/// uses it to take frames in as they arrive, between frames.
+pub(crate) fn set_socket_event_hook(hook: fn()) {
+    SOCKET_EVENT_HOOK.set(Some(hook));
 }
 
 /// Runs `f` on the socket table; `None` if the table is unavailable (being torn down, or
@@ -243,6 +252,9 @@ impl Transport for WebTransport {
             };
             // The receiver goes with the transport; then nobody is listening.
             let _ = tx.send((link, raw));
+            if let Some(hook) = SOCKET_EVENT_HOOK.get() {
+                hook();
+            }
             flow
         };
         let options = ewebsock::Options {
