@@ -821,6 +821,12 @@ async fn a_frozen_page_comes_back_and_settles_every_message_once() {
         json!({ "state": "active" }),
     )
     .await;
+    // A resumed page stays hidden (Chromium 156, headless) until shown again, as a
+    // player's click on its tab would.
+    let other = cdp.open("about:blank").await;
+    cdp.activate(&other).await;
+    cdp.activate(&tab).await;
+    visibility(&cdp, &tab, "visible").await;
     cdp.until(&tab, "the re-login after the resume", LOGIN_WAIT, |r| {
         count(r, "link_closes") >= 1 && count(r, "logins") == 2 && logged_in(r)
     })
