@@ -14,6 +14,11 @@
 //! without QoS, a few per second and only while moving, and are smoothed on the
 //! other side.
 //!
+//! In a browser (wasm32) the same options come from the page's query string
+//! (`?url=ws://127.0.0.1:3000/websocket&name=ann`), and the page joins a server that
+//! runs elsewhere (default: port 3000 of the page's host); the README's Web section
+//! has the commands.
+//!
 //! `--script TEXT` is for CI: it logs in at once, walks a little, types TEXT into
 //! the chat line and sends it, and once the server has relayed it takes a
 //! screenshot (`--screenshot PATH`) and exits with success (or fails after
@@ -31,6 +36,7 @@ use bevy::render::view::screenshot::{Screenshot, ScreenshotCaptured, save_to_dis
 use bevy::text::{EditableText, FontSize, TextCursorStyle, TextEdit};
 use bevy::time::Real;
 use bevy_im::prelude::*;
+#[cfg(not(target_arch = "wasm32"))]
 use bevy_im::server::{AcceptAll, RunningServer, ServerConfig, spawn_background};
 use bevy_im::ui::{
     BadgeState, ChatPanel, Delivery, ImChatInput, ImChatSystems, ImChatUiPlugin, ImChatUiSettings,
@@ -112,12 +118,74 @@ struct Hud;
 #[derive(Component)]
 struct LobbyCamera;
 
-fn main() -> AppExit {
-    let args = Args::parse();
-    // The server lives as long as `main`: the app runs inside it.
-    let mut _server: Option<RunningServer> = None;
-    let url = match &args.url {
-        Some(url) => url.clone(),
+/// Says a line of the script's progress: on the terminal, or in the browser's console.
+fn say(line: String) {
+    if cfg!(target_arch = "wasm32") {
+        info!("{line}");
+    } else {
+        println!("{line}");
+    }
+}
+
+/// The options: the command line, or in a browser the page's query string
+/// (`?name=ann&script=hi` reads as `--name ann --script hi`).
+#[cfg(not(target_arch = "wasm32"))]
+fn args() -> Args {
+    Args::parse()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn args() -> Args {
+    let search = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    let mut argv = vec!["chat_lobby".to_owned()];
+    for pair in search
+        .trim_start_matches('?')
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let decode = |s: &str| {
+            js_sys::decode_uri_component(&s.replace('+', " "))
+                .map(String::from)
+                .unwrap_or_else(|_| s.to_owned())
+        };
+        argv.push(format!("--{}", decode(key).replace('_', "-")));
+        if !value.is_empty() {
+            argv.push(decode(value));
+        }
+    }
+    Args::try_parse_from(&argv).unwrap_or_else(|e| {
+        error!("chat_lobby: the page's options: {e}");
+        Args::parse_from(["chat_lobby"])
+    })
+}
+
+/// A server of the example's own: none in a browser.
+#[cfg(target_arch = "wasm32")]
+type OwnServer = ();
+#[cfg(not(target_arch = "wasm32"))]
+type OwnServer = RunningServer;
+
+/// The server: the one given, or in a browser port 3000 of the page's host.
+#[cfg(target_arch = "wasm32")]
+fn server_url(args: &Args) -> Result<(String, Option<OwnServer>), AppExit> {
+    let url = args.url.clone().unwrap_or_else(|| {
+        let host = web_sys::window()
+            .and_then(|w| w.location().hostname().ok())
+            .unwrap_or_else(|| "127.0.0.1".into());
+        format!("ws://{host}:3000/websocket")
+    });
+    Ok((url, None))
+}
+
+/// The server: the one given, or the reference server started in this process (kept
+/// by `main` while the app runs).
+#[cfg(not(target_arch = "wasm32"))]
+fn server_url(args: &Args) -> Result<(String, Option<OwnServer>), AppExit> {
+    match &args.url {
+        Some(url) => Ok((url.clone(), None)),
         None => {
             let config = ServerConfig {
                 listen: ([127, 0, 0, 1], 0).into(),
@@ -136,15 +204,23 @@ fn main() -> AppExit {
                         "chat_lobby: join from another terminal (on this machine) with\n  \
                          cargo run --example chat_lobby --features ui -- --url {url}{dialect}"
                     );
-                    _server = Some(server);
-                    url
+                    Ok((url, Some(server)))
                 }
                 Err(e) => {
                     eprintln!("chat_lobby: cannot start the server: {e}");
-                    return AppExit::error();
+                    Err(AppExit::error())
                 }
             }
         }
+    }
+}
+
+fn main() -> AppExit {
+    let args = args();
+    // The server lives as long as `main`: the app runs inside it.
+    let (url, _server) = match server_url(&args) {
+        Ok(found) => found,
+        Err(exit) => return exit,
     };
     let bots = args.bots.unwrap_or(if args.url.is_some() { 0 } else { 3 });
     // Bots of a copy joining someone else's server get a suffix, so that they do
@@ -225,8 +301,31 @@ fn main() -> AppExit {
         app.insert_resource(Script::new(text, &args))
             .add_systems(Update, run_script.after(keyboard_move).before(LobbySystems));
     }
+    #[cfg(target_arch = "wasm32")]
+    app.add_systems(Last, publish_report);
     app.insert_resource(args);
     app.run()
+}
+
+/// In a browser: what the player sees, as JSON in `window.imReport` (read by the
+/// browser test): the connection, the room's members, the chat lines.
+#[cfg(target_arch = "wasm32")]
+fn publish_report(panel: Res<ChatPanel>, im: ImClient, mut last: Local<String>) {
+    let report = serde_json::json!({
+        "state": format!("{:?}", im.state()),
+        "members": panel.members().map(|(user, _)| user).collect::<Vec<_>>(),
+        "lines": panel
+            .lines()
+            .map(|l| serde_json::json!({ "from": l.from, "text": l.text }))
+            .collect::<Vec<_>>(),
+    })
+    .to_string();
+    if *last != report {
+        if let Some(window) = web_sys::window() {
+            let _ = js_sys::Reflect::set(&window, &"imReport".into(), &report.as_str().into());
+        }
+        *last = report;
+    }
 }
 
 fn setup_world(commands: &mut Commands, settings: &LobbySettings) {
@@ -690,11 +789,11 @@ fn run_script(
                 .find(|l| matches!(l.kind, LineKind::Mine { .. }) && l.text == script.text);
             match mine.and_then(|l| l.delivery()) {
                 Some(Delivery::Relayed { mid }) => {
-                    println!(
+                    say(format!(
                         "chat_lobby --script: '{}' relayed to #{} (message id {mid:?})",
                         script.text,
                         panel.room()
-                    );
+                    ));
                     next(&mut script, ScriptStep::Settle);
                 }
                 Some(d) if d.is_settled() => {
@@ -706,9 +805,15 @@ fn run_script(
             }
         }
         ScriptStep::Settle => {
-            // Let the bots answer and walk on, and the panel redraw.
+            // Let the bots answer and walk on, and the panel redraw. A browser page
+            // stays open: the player goes on from there.
             if since > script.settle {
-                next(&mut script, ScriptStep::Shoot);
+                let then = if cfg!(target_arch = "wasm32") {
+                    ScriptStep::Exit
+                } else {
+                    ScriptStep::Shoot
+                };
+                next(&mut script, then);
             }
         }
         ScriptStep::Shoot => {

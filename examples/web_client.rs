@@ -168,10 +168,10 @@ mod page {
     }
 
     fn send_first(settings: Res<Settings>, mut im: ImClient, mut report: ResMut<Report>) {
-        if let Some((to, text)) = settings.first.clone() {
-            if !report.sent.iter().any(|s| s.content == text) {
-                send_one(&mut im, &mut report, to, text);
-            }
+        if let Some((to, text)) = settings.first.clone()
+            && !report.sent.iter().any(|s| s.content == text)
+        {
+            send_one(&mut im, &mut report, to, text);
         }
     }
 

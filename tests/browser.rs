@@ -252,6 +252,10 @@ impl Browser {
                 "--disable-component-update",
                 "--disable-sync",
                 "--remote-debugging-port=0",
+                // WebGL2 for the chat lobby, in software: there is no GPU here.
+                "--use-angle=swiftshader",
+                "--enable-unsafe-swiftshader",
+                "--window-size=1240,760",
             ])
             .arg(format!("--user-data-dir={}", profile.display()))
             .arg("about:blank")
@@ -331,6 +335,14 @@ impl Files {
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("http.server said {line:?}"));
         Files { child, port }
+    }
+
+    fn lobby(&self, server: &str, name: &str, script: &str) -> String {
+        format!(
+            "http://127.0.0.1:{}/lobby/index.html?url={server}&name={name}&script={}&script_settle=0.2",
+            self.port,
+            script.replace(' ', "%20")
+        )
     }
 
     fn page(&self, server: &str, user: &str, runner: &str) -> String {
@@ -851,5 +863,102 @@ async fn a_frozen_page_comes_back_and_settles_every_message_once() {
         assert_eq!(n, 1, "{fp} has {n} outcomes: {report}");
     }
     println!("scenario 5: {report}");
+    server.shutdown();
+}
+
+/// 6. The chat lobby in the browser (WebGL2, in software) and a native player in the
+///    same room: each sees the other in the member list and reads the other's line.
+#[cfg(feature = "testing")]
+#[test]
+#[ignore = "needs Chromium and the built pages; .ci/run runs it"]
+fn the_chat_lobby_page_chats_with_a_native_player() {
+    use bevy_im::client::DataReceived;
+    use bevy_im::plugin::{ImClient, ImConfig};
+    use bevy_im::testing::ImTestApp;
+
+    let server =
+        spawn_background(server_config("127.0.0.1:0"), Recorder::new()).expect("im-server");
+    let url = server.url();
+    let mut native = ImTestApp::connected(ImConfig::new(url.clone()));
+    native.start_login("native", "token");
+    assert!(
+        native.update_until(5000, |t| t.core().is_logged_in()),
+        "native login"
+    );
+    native
+        .run(|mut im: ImClient| im.join_room("lobby"))
+        .expect("a join request");
+    assert!(
+        native.update_until(5000, |t| t.core().rooms().contains("lobby")),
+        "the native player in the lobby"
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (files, browser) = (Files::serve(), Browser::launch());
+    let (cdp, tab) = runtime.block_on(async {
+        let cdp = Cdp::connect(&browser.ws_url).await;
+        let tab = cdp
+            .open(&files.lobby(&url, "webby", "hello from the browser"))
+            .await;
+        (cdp, tab)
+    });
+    // The page's line reaches the native player (the page loads a debug build of
+    // Bevy's renderer: it takes a while).
+    let mut heard = Vec::new();
+    let got_line = native.update_until(60_000, |t| {
+        heard.extend(t.heard::<DataReceived>());
+        heard
+            .iter()
+            .any(|d| d.from == "webby" && d.content == "hello from the browser" && d.room.is_some())
+    });
+    let console = cdp.console.lock().unwrap().clone();
+    assert!(got_line, "the browser's line; console: {console:?}");
+    assert!(
+        native
+            .core()
+            .rooms()
+            .get("lobby")
+            .is_some_and(|r| r.is_member("webby")),
+        "the browser player in the native player's member list"
+    );
+    native
+        .run(|mut im: ImClient| im.send_to_room("lobby", "hi from native"))
+        .expect("a room message");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let report = loop {
+        native.step();
+        let report = runtime.block_on(cdp.report(&tab));
+        let line = report["lines"].as_array().is_some_and(|lines| {
+            lines
+                .iter()
+                .any(|l| l["from"] == "native" && l["text"] == "hi from native")
+        });
+        let member = report["members"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|u| u == "native"));
+        if line && member {
+            break report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the native line in the page: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    println!("scenario 6: {report}");
+    // For the README: `BEVY_IM_WEB_SHOT=path.png` saves the page as the player sees it.
+    if let Ok(path) = std::env::var("BEVY_IM_WEB_SHOT") {
+        use base64::Engine;
+        let shot = runtime.block_on(cdp.call(
+            Some(&tab.session),
+            "Page.captureScreenshot",
+            json!({ "format": "png" }),
+        ));
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap_or_default())
+            .expect("a base64 PNG");
+        std::fs::write(&path, png).expect("the screenshot written");
+    }
+    drop(browser);
     server.shutdown();
 }

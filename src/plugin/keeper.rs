@@ -238,7 +238,8 @@ mod web {
             }
             let now = clock?.now();
             let sleep = state.keeper.drive(now);
-            Some(state.arm(now + sleep, now))
+            state.arm(now + sleep, now);
+            Some(())
         });
         if armed.is_none() {
             debug!("bevy_im: no clock yet; the clients wait for the next frame");

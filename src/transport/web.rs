@@ -7,6 +7,14 @@
 //! only forwards what happened into a crossbeam channel; [`Transport::poll`] turns that
 //! into [`TransportEvent`]s.
 //!
+//! A hidden tab gets no frames (`requestAnimationFrame` stops) or few (timers run once
+//! a second, then once a minute), so the plugin does not wait for frames to use this
+//! transport: between frames it keeps the client's core and this transport parked, and
+//! runs them on every socket event (the callback calls the hook the plugin installs
+//! after queueing the event) and on a Web Worker's timer, which hidden pages do not
+//! throttle. Keepalives and ACKs go on, and round trips are timed on arrival. The
+//! README's Web section has the measurements.
+//!
 //! What the browser does not tell: the close code and reason of a server's close frame,
 //! and why a connect failed (refused, TLS, rejected handshake all look the same). So on
 //! wasm `Closed::code` is always `None`, and a connect that fails before opening is
