@@ -115,6 +115,18 @@ impl MailRx {
         next
     }
 
+    /// The next command if it is a frame to write (a kickout stays queued).
+    pub fn try_recv_frame(&mut self) -> Option<Outgoing> {
+        if !matches!(self.0.lock().queue.front(), Some(Command::Send(_))) {
+            return None;
+        }
+        match self.try_recv() {
+            Some(Command::Send(out)) => Some(out),
+            // Only this receiver takes from the queue: the front is still the frame.
+            _ => None,
+        }
+    }
+
     /// The next command; `None` once the sender is gone and nothing is left.
     /// Cancel safe: a command is taken only when this returns it.
     pub async fn recv(&mut self) -> Option<Command> {

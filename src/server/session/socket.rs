@@ -19,6 +19,9 @@ use crate::server::handshake::{Handshake, upgrade};
 use crate::server::metrics::out_index;
 use crate::server::state::MailRx;
 
+/// The most queued frames written with one flush.
+const WRITE_BURST: usize = 64;
+
 /// The read and write buffer each socket starts with; larger frames grow them.
 const SOCKET_BUFFER_BYTES: usize = 512;
 
@@ -307,8 +310,16 @@ async fn serve_socket<S>(
             }
             cmd = rx.recv() => match cmd {
                 Some(Command::Send(out)) => {
-                    queued.fetch_sub(1, Ordering::Relaxed);
-                    if !write_out(&mut ws, &shared, [out]).await {
+                    // The frames queued behind it go in the same write: one flush, and
+                    // one syscall, for a burst instead of one per frame.
+                    let mut burst = vec![out];
+                    while burst.len() < WRITE_BURST
+                        && let Some(next) = rx.try_recv_frame()
+                    {
+                        burst.push(next);
+                    }
+                    queued.fetch_sub(burst.len(), Ordering::Relaxed);
+                    if !write_out(&mut ws, &shared, burst).await {
                         break;
                     }
                 }
