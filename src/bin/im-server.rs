@@ -4,7 +4,14 @@
 //! im-server --listen 0.0.0.0:3000 --dialect mobileimsdk-v6 --sense-mode 5s \
 //!           --metrics 127.0.0.1:9100 --log-level info
 //! ```
-//! Ctrl-C or SIGTERM shuts it down gracefully.
+//! Ctrl-C or SIGTERM shuts it down gracefully. Several nodes share their users over
+//! NATS (feature `cluster`):
+//!
+//! ```text
+//! nats-server -js -a 127.0.0.1 -p 4222 -sd /tmp/nats &
+//! im-server --listen 127.0.0.1:3001 --cluster nats://127.0.0.1:4222 --node-id a &
+//! im-server --listen 127.0.0.1:3002 --cluster nats://127.0.0.1:4222 --node-id b &
+//! ```
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,7 +19,9 @@ use std::process::ExitCode;
 
 use bevy_im::client::SenseMode;
 use bevy_im::protocol::Dialect;
-use bevy_im::server::{AcceptAll, RateLimit, Server, ServerConfig, StorePath, TlsConfig};
+use bevy_im::server::{
+    AcceptAll, ClusterConfig, RateLimit, Server, ServerConfig, StorePath, TlsConfig,
+};
 use clap::Parser;
 
 /// The reference MobileIMSDK server over WebSocket (path `/websocket`).
@@ -72,6 +81,16 @@ struct Args {
     /// survives a restart.
     #[arg(long, default_value = "im-server.db")]
     store: StorePath,
+    /// Run as one node of several sharing users over this NATS server (with
+    /// JetStream), such as nats://127.0.0.1:4222; needs the `cluster` feature.
+    #[arg(long, requires = "node_id")]
+    cluster: Option<String>,
+    /// This node's name among the cluster's: 1 to 64 of [A-Za-z0-9_-].
+    #[arg(long, requires = "cluster")]
+    node_id: Option<String>,
+    /// Seconds after which a node that stopped renewing its lease counts as dead.
+    #[arg(long, default_value_t = 6.0, requires = "cluster")]
+    cluster_lease: f64,
 }
 
 impl Args {
@@ -94,6 +113,11 @@ impl Args {
         config.max_pending_s2c_per_user = self.max_pending_s2c;
         config.metrics_addr = self.metrics;
         config.store = self.store.clone();
+        if let (Some(url), Some(node)) = (&self.cluster, &self.node_id) {
+            let mut cluster = ClusterConfig::new(url, node);
+            cluster.lease = std::time::Duration::from_secs_f64(self.cluster_lease.max(0.3));
+            config.cluster = Some(cluster);
+        }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
             config.tls = Some(TlsConfig::from_pem_files(cert, key));
         }

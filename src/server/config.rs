@@ -199,6 +199,40 @@ pub struct ServerConfig {
     /// server speaks upstream's protocol only, byte for byte: no `ext` in the login
     /// reply, room requests ignored as unknown types, nothing stored.
     pub extensions: bool,
+    /// Runs this server as one node of several sharing users over NATS (feature
+    /// `cluster`; see `bevy_im::server::cluster`). `None` (the default): a single
+    /// node, exactly as without the feature.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// One node's place among several (feature `cluster`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// The NATS server, such as `nats://127.0.0.1:4222`; it must run JetStream
+    /// (`nats-server -js`).
+    pub url: String,
+    /// This node's name, unique among the nodes: `[A-Za-z0-9_-]`, 1 to 64 bytes.
+    pub node_id: String,
+    /// How long a node that stops renewing its lease still counts as alive (default
+    /// 6 s): its users' presence is ignored, and messages to them are kept as
+    /// offline, at most this long after the node dies.
+    pub lease: Duration,
+    /// How long a node waits for another to accept a forwarded message (default
+    /// 2 s); without an answer the sender gets no ACK and sends again.
+    pub request_timeout: Duration,
+}
+
+impl ClusterConfig {
+    /// A node named `node_id` on the NATS server at `url`, with the default lease
+    /// and request timeout.
+    pub fn new(url: impl Into<String>, node_id: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            node_id: node_id.into(),
+            lease: Duration::from_secs(6),
+            request_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -231,6 +265,7 @@ impl Default for ServerConfig {
             max_handshakes: 512,
             listen_backlog: 4096,
             extensions: true,
+            cluster: None,
         }
     }
 }

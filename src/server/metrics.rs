@@ -66,11 +66,14 @@ pub enum RejectReason {
     LoginTimeout,
     /// Too many handshakes in progress (refused like the connection limit).
     HandshakeLimit,
+    /// A cluster call failed: a login's presence not claimed, or a message another
+    /// node did not answer for (its sender gets no ACK and resends).
+    ClusterFailed,
 }
 
 impl RejectReason {
     /// Every reason, in label order.
-    pub const ALL: [RejectReason; 26] = [
+    pub const ALL: [RejectReason; 27] = [
         Self::WrongPath,
         Self::NotWebSocket,
         Self::BadHandshake,
@@ -97,6 +100,7 @@ impl RejectReason {
         Self::OfflineBoxFull,
         Self::LoginTimeout,
         Self::HandshakeLimit,
+        Self::ClusterFailed,
     ];
 
     /// The metric label.
@@ -128,6 +132,7 @@ impl RejectReason {
             Self::OfflineBoxFull => "offline_box_full",
             Self::LoginTimeout => "login_timeout",
             Self::HandshakeLimit => "handshake_limit",
+            Self::ClusterFailed => "cluster_failed",
         }
     }
 
@@ -200,7 +205,7 @@ pub(crate) struct Metrics {
     pub room_gaps: AtomicU64,
     frames_in: [AtomicU64; 8],
     frames_out: [AtomicU64; 9],
-    rejected: [AtomicU64; 26],
+    rejected: [AtomicU64; RejectReason::ALL.len()],
 }
 
 impl Metrics {

@@ -73,6 +73,8 @@
 //!   reassembled rather than refused.
 
 mod background;
+#[cfg(feature = "cluster")]
+pub mod cluster;
 mod config;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
@@ -87,7 +89,7 @@ mod state;
 mod store;
 
 pub use background::{RunningServer, spawn_background};
-pub use config::{PemSource, RateLimit, S2cQosConfig, ServerConfig, TlsConfig};
+pub use config::{ClusterConfig, PemSource, RateLimit, S2cQosConfig, ServerConfig, TlsConfig};
 pub use hooks::{AcceptAll, LogoutReason, Moderation, ServerHooks};
 pub use metrics::{MetricsSnapshot, RejectReason};
 pub use rooms::RoomsConfig;

@@ -117,6 +117,19 @@ impl Server {
             metrics_addr,
             store,
         ));
+        #[cfg(feature = "cluster")]
+        if let Some(config) = shared.config.cluster.clone() {
+            let cluster = super::cluster::Cluster::connect(config)
+                .await
+                .map_err(io::Error::other)?;
+            let _ = shared.cluster.set(Arc::new(cluster));
+        }
+        #[cfg(not(feature = "cluster"))]
+        if shared.config.cluster.is_some() {
+            return Err(io::Error::other(
+                "this im-server was built without the `cluster` feature",
+            ));
+        }
         {
             // Private rooms and their members survive a restart.
             let mut state = shared.lock();
@@ -169,6 +182,10 @@ impl Server {
         let mut shutdown = shared.shutdown.subscribe();
         let mut background = JoinSet::new();
         background.spawn(qos_loop(shared.clone()));
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = shared.cluster.get() {
+            background.spawn(cluster.clone().run(shared.clone()));
+        }
         if let Some(l) = metrics_listener {
             let s = shared.clone();
             background.spawn(serve_metrics(
@@ -506,6 +523,17 @@ impl ServerHandle {
     /// Whether `user` has a session messages are routed to.
     pub fn is_online(&self, user: &str) -> bool {
         self.shared.lock().online.contains_key(user)
+    }
+
+    /// Where `user` is online as this node sees the cluster (feature `cluster`): this
+    /// node's id when logged in here, another live node's id, or `None`.
+    #[cfg(feature = "cluster")]
+    pub fn node_of(&self, user: &str) -> Option<String> {
+        let cluster = self.shared.cluster.get()?;
+        if self.is_online(user) {
+            return Some(cluster.node_id().to_owned());
+        }
+        cluster.route(user)
     }
 
     /// A copy of the counters.

@@ -10,6 +10,8 @@ use tokio::time::Instant;
 
 use super::{ERROR_INVALID_FRAME, ERROR_RATE_LIMITED, MAX_FINGERPRINT_BYTES};
 
+#[cfg(feature = "cluster")]
+mod cluster;
 mod login;
 mod relay;
 mod social;

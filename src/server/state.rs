@@ -300,6 +300,9 @@ pub(crate) struct Shared {
     pub store: StoreHandle,
     /// The zero of the rooms' clock.
     started: Instant,
+    /// The link to the other nodes, when this is one of several.
+    #[cfg(feature = "cluster")]
+    pub cluster: std::sync::OnceLock<Arc<super::cluster::Cluster>>,
 }
 
 impl Shared {
@@ -339,6 +342,8 @@ impl Shared {
             serving: AtomicBool::new(false),
             hooks_running: Mutex::new(()),
             next_session: AtomicU64::new(1),
+            #[cfg(feature = "cluster")]
+            cluster: std::sync::OnceLock::new(),
         }
     }
 

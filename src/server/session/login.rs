@@ -157,6 +157,13 @@ impl Session {
             shared.notify(&mut state, notices);
         }
         self.jobs.push(Job::DeliverOffline);
+        #[cfg(feature = "cluster")]
+        if shared.cluster.get().is_some() {
+            self.jobs.push(Job::Claim {
+                t,
+                fresh: info.first_login_time <= 0,
+            });
+        }
         Step::Continue
     }
 

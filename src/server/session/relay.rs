@@ -98,6 +98,14 @@ impl Session {
                 !shared.config.ack_on_receipt
             }
             Err(e) => {
+                // Online on another node: forwarded, and ACKed once that node accepts.
+                #[cfg(feature = "cluster")]
+                if e == DeliverError::NotOnline
+                    && let Some(node) = shared.cluster.get().and_then(|c| c.route(&to))
+                {
+                    self.jobs.push(Job::Forward { node, to, frame });
+                    return;
+                }
                 if let DeliverError::Refused(r) = e {
                     shared.metrics.reject(r);
                 }

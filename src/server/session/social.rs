@@ -29,6 +29,16 @@ pub(super) enum Job {
     History(RoomRequest),
     /// Forget a private room's member.
     LeavePrivate(String),
+    /// Claim the user for this node among the cluster's (after a login here).
+    #[cfg(feature = "cluster")]
+    Claim { t: i64, fresh: bool },
+    /// Hand a message to the node its receiver is online on.
+    #[cfg(feature = "cluster")]
+    Forward {
+        node: String,
+        to: String,
+        frame: Frame,
+    },
 }
 
 impl Session {
@@ -279,6 +289,10 @@ impl Session {
                         tracing::warn!("private membership not removed: {e}");
                     }
                 }
+                #[cfg(feature = "cluster")]
+                Job::Claim { t, fresh } => self.claim(&user, t, fresh).await,
+                #[cfg(feature = "cluster")]
+                Job::Forward { node, to, frame } => self.forward(&user, &node, to, frame).await,
             }
         }
     }

@@ -57,8 +57,9 @@ pub(crate) struct SessionCleanup {
     shared: Arc<Shared>,
     id: SessionId,
     pub(crate) end: LogoutReason,
-    /// Set once the session left routing: the user it was routed as, if any.
-    unrouted: Option<Option<String>>,
+    /// Set once the session left routing: the user it was routed as, with its
+    /// `firstLoginTime`, if any.
+    unrouted: Option<Option<(String, i64)>>,
 }
 
 impl SessionCleanup {
@@ -81,8 +82,8 @@ impl SessionCleanup {
         let user = state.sessions.remove(&self.id).and_then(|e| e.user);
         let user = match user {
             Some(u) if state.online.get(&u).is_some_and(|r| r.session == self.id) => {
-                state.online.remove(&u);
-                Some(u)
+                let t = state.online.remove(&u).map_or(0, |r| r.first_login_time);
+                Some((u, t))
             }
             _ => None,
         };
@@ -93,7 +94,9 @@ impl SessionCleanup {
 impl Drop for SessionCleanup {
     fn drop(&mut self) {
         self.unroute();
-        if let Some(Some(user)) = self.unrouted.take() {
+        if let Some(Some((user, first_login_time))) = self.unrouted.take() {
+            #[cfg(not(feature = "cluster"))]
+            let _ = first_login_time;
             {
                 // Rooms: a logout leaves them; anything else shows the user offline
                 // for the grace period, unless another socket already took over.
@@ -114,6 +117,18 @@ impl Drop for SessionCleanup {
                 }
             }
             self.shared.run_hooks();
+            // The other nodes stop routing the user here (unless a newer login
+            // claimed it meanwhile).
+            #[cfg(feature = "cluster")]
+            if let Some(cluster) = self.shared.cluster.get().cloned()
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                runtime.spawn(async move {
+                    if let Err(e) = cluster.release(&user, first_login_time).await {
+                        tracing::debug!(%user, "cluster: presence not released: {e}");
+                    }
+                });
+            }
         }
     }
 }

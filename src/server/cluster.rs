@@ -1,0 +1,522 @@
+//! Several `im-server` nodes as one server, over NATS with JetStream (feature
+//! `cluster`, `ServerConfig::cluster`, `im-server --cluster URL --node-id N`).
+//!
+//! Each node keeps its own sockets and sessions, and runs the server-to-client QoS
+//! of the users logged in on it. NATS carries what crosses nodes:
+//!
+//! | what | in NATS | rule |
+//! |---|---|---|
+//! | where each user is online | key-value bucket `im_presence`: user → `{"node","t"}` | a login claims its user's key by compare-and-set; every node watches the bucket |
+//! | which nodes are alive | key-value bucket `im_nodes`, max age = the lease: node → start time | each node rewrites its key every third of the lease, and deletes it on shutdown |
+//! | a message for a user on another node | request to `im.node.<id>.deliver`, answered `ok`, `offline` or `busy` | the sender's ACK waits for `ok` |
+//! | a kickout across nodes | `im.node.<id>.kick` with the user and the kicked session's `firstLoginTime` | |
+//!
+//! What holds across nodes:
+//! - **Direct messages keep their QoS end to end.** The sender's ACK means the
+//!   receiving node accepted the message and runs its server-to-client QoS (with
+//!   `ack_on_receipt`, only within a node: across nodes the ACK is the receiving
+//!   node's acceptance). Without an answer in `request_timeout` (the node died, NATS
+//!   is down) the sender gets no ACK and resends, or reports the message lost: it
+//!   is never ACKed and dropped.
+//! - **One session per user**: a login on node B of a user online on node A follows
+//!   the single node's `firstLoginTime` rule (a fresh or newer login wins and the
+//!   other is kicked; an older one is kicked itself).
+//! - **A dead node lets go within one lease**: its users' presence is ignored from
+//!   then on (messages to them take the offline path), and a user logs in anywhere
+//!   at once anyway (a fresh login wins).
+//! - **A graceful shutdown** deletes the node's lease first, so every other node stops
+//!   routing to it at once, then closes each socket with 1001 (going away), and the
+//!   clients log in again, through the load balancer, on another node.
+//!
+//! Not across nodes yet: rooms, history and offline boxes stay in each node's own
+//! store, so a room's members and its history are per node, and a message stored
+//! for an offline user waits on the node the sender used.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv, stream};
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::config::ClusterConfig;
+use super::state::{Command, DeliverError, Shared};
+use crate::protocol::{Frame, KickoutCode};
+
+const PRESENCE_BUCKET: &str = "im_presence";
+const NODES_BUCKET: &str = "im_nodes";
+
+/// Why the cluster could not do something.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClusterError {
+    /// The node id is empty, too long, or has a character other than
+    /// `[A-Za-z0-9_-]`.
+    #[error("invalid node id {0:?}: 1 to 64 of [A-Za-z0-9_-]")]
+    NodeId(String),
+    /// NATS refused or failed a call (connect, key-value, request).
+    #[error("NATS: {0}")]
+    Nats(String),
+    /// Another node did not answer within the request timeout.
+    #[error("node {0} did not answer within {1:?}")]
+    TimedOut(String, Duration),
+    /// A value in a bucket, or an answer, is not what a node writes.
+    #[error("unexpected data from the cluster: {0}")]
+    Corrupt(String),
+}
+
+fn nats(e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Nats(e.to_string())
+}
+
+/// Where a user is online: the node and the session's `firstLoginTime`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+struct Presence {
+    node: String,
+    t: i64,
+}
+
+/// A kickout for another node's session of `user`, the one with `firstLoginTime` `t`.
+#[derive(Serialize, Deserialize, Debug)]
+struct Kick {
+    user: String,
+    t: i64,
+}
+
+/// What another node answered to a forwarded message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Forwarded {
+    /// Handed to the receiver's socket, with its server-to-client QoS running there.
+    Accepted,
+    /// The receiver is not online there (any more).
+    Offline,
+    /// The receiver's queue or pending table is full there.
+    Busy,
+}
+
+/// How a login's claim on its user ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Claim {
+    /// The user is routed here now (another node's session, if any, was kicked).
+    Won,
+    /// A newer session of the user is online on another node: this one is kicked.
+    Lost,
+}
+
+/// Counters of one node's traffic with the others, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterStats {
+    /// Messages sent to another node, and how many got no answer.
+    pub forwarded: AtomicU64,
+    pub forward_failures: AtomicU64,
+    /// The forwards' round trips, summed, in microseconds.
+    pub forward_rtt_us: AtomicU64,
+    /// Messages other nodes handed to this one.
+    pub received: AtomicU64,
+    /// Kickouts sent to other nodes, and received from them.
+    pub kicks_sent: AtomicU64,
+    pub kicks_received: AtomicU64,
+}
+
+/// This node's link to the others.
+pub(crate) struct Cluster {
+    client: async_nats::Client,
+    config: ClusterConfig,
+    presence: kv::Store,
+    nodes: kv::Store,
+    /// Users online on other nodes, as the presence bucket's watch last said.
+    remote: Mutex<HashMap<String, Presence>>,
+    /// Nodes whose lease is live (this one included).
+    live: Mutex<HashSet<String>>,
+    pub stats: ClusterStats,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn valid_node_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Opens a key-value bucket, creating it when missing. async-nats 0.50's own
+/// `create_key_value` first asks for account details in a shape nats-server 2.9 does
+/// not send, so the bucket's stream is created here as it would create it.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+) -> Result<kv::Store, ClusterError> {
+    if let Ok(store) = js.get_key_value(name).await {
+        return Ok(store);
+    }
+    let created = js
+        .create_stream(stream::Config {
+            name: format!("KV_{name}"),
+            subjects: vec![format!("$KV.{name}.>")],
+            max_messages_per_subject: 1,
+            max_age,
+            storage: stream::StorageType::File,
+            num_replicas: 1,
+            allow_rollup: true,
+            deny_delete: true,
+            allow_direct: true,
+            discard: stream::DiscardPolicy::New,
+            duplicate_window: if max_age.is_zero() {
+                Duration::from_secs(120)
+            } else {
+                max_age.min(Duration::from_secs(120))
+            },
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = created {
+        // Another node may have created it meanwhile; opening it tells.
+        tracing::debug!(bucket = name, "bucket not created here: {e}");
+    }
+    js.get_key_value(name).await.map_err(nats)
+}
+
+impl Cluster {
+    /// Connects to NATS, opens (or creates) the buckets and takes this node's lease.
+    pub(crate) async fn connect(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+        if !valid_node_id(&config.node_id) {
+            return Err(ClusterError::NodeId(config.node_id));
+        }
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("im-server {}", config.node_id))
+            .connect(config.url.as_str())
+            .await
+            .map_err(nats)?;
+        let js = jetstream::new(client.clone());
+        let presence = bucket(&js, PRESENCE_BUCKET, Duration::ZERO).await?;
+        let nodes = bucket(&js, NODES_BUCKET, config.lease).await?;
+        let cluster = Cluster {
+            client,
+            presence,
+            nodes,
+            remote: Mutex::new(HashMap::new()),
+            live: Mutex::new(HashSet::new()),
+            stats: ClusterStats::default(),
+            config,
+        };
+        cluster.renew_lease().await?;
+        Ok(cluster)
+    }
+
+    /// This node's id.
+    pub(crate) fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    fn subject(node: &str, what: &str) -> String {
+        format!("im.node.{node}.{what}")
+    }
+
+    /// Rewrites this node's lease and reads which nodes are alive.
+    async fn renew_lease(&self) -> Result<(), ClusterError> {
+        let since = super::session::now_ms().to_string();
+        self.nodes
+            .put(self.node_id(), since.into())
+            .await
+            .map_err(nats)?;
+        let mut keys = self.nodes.keys().await.map_err(nats)?;
+        let mut live = HashSet::new();
+        while let Some(key) = keys.next().await {
+            live.insert(key.map_err(nats)?);
+        }
+        *lock(&self.live) = live;
+        Ok(())
+    }
+
+    /// The node a user is online on, when it is another live node.
+    pub(crate) fn route(&self, user: &str) -> Option<String> {
+        let node = lock(&self.remote).get(user)?.node.clone();
+        lock(&self.live).contains(&node).then_some(node)
+    }
+
+    /// Hands a frame (`text`, as encoded for the receiver) to `node` for its user.
+    pub(crate) async fn forward(
+        &self,
+        node: &str,
+        text: String,
+    ) -> Result<Forwarded, ClusterError> {
+        let started = Instant::now();
+        let limit = self.config.request_timeout;
+        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+        let request = self
+            .client
+            .request(Self::subject(node, "deliver"), text.into());
+        let answer = match tokio::time::timeout(limit, request).await {
+            Ok(Ok(message)) => message,
+            Ok(Err(e)) => {
+                self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(nats(e));
+            }
+            Err(_) => {
+                self.stats.forward_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(ClusterError::TimedOut(node.to_owned(), limit));
+            }
+        };
+        let rtt = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.stats.forward_rtt_us.fetch_add(rtt, Ordering::Relaxed);
+        match &answer.payload[..] {
+            b"ok" => Ok(Forwarded::Accepted),
+            b"offline" => Ok(Forwarded::Offline),
+            b"busy" => Ok(Forwarded::Busy),
+            other => Err(ClusterError::Corrupt(format!(
+                "node {node} answered {:?}",
+                String::from_utf8_lossy(other)
+            ))),
+        }
+    }
+
+    /// Claims `user` for this node's session with `firstLoginTime` `t` (`fresh`: the
+    /// client sent none), by the single node's rule against a session on another
+    /// node; kicks that session when this one wins.
+    pub(crate) async fn claim(
+        &self,
+        user: &str,
+        t: i64,
+        fresh: bool,
+    ) -> Result<Claim, ClusterError> {
+        let mine = serde_json::to_vec(&Presence {
+            node: self.node_id().to_owned(),
+            t,
+        })
+        .map_err(|e| ClusterError::Corrupt(e.to_string()))?;
+        // Compare-and-set: a claim that lost a race reads the winner and decides again.
+        for _ in 0..8 {
+            let entry = self.presence.entry(user).await.map_err(nats)?;
+            let Some(entry) = entry else {
+                match self.presence.create(user, mine.clone().into()).await {
+                    Ok(_) => return Ok(Claim::Won),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(nats(e)),
+                }
+            };
+            let held = match entry.operation {
+                kv::Operation::Put => Some(
+                    serde_json::from_slice::<Presence>(&entry.value)
+                        .map_err(|e| ClusterError::Corrupt(format!("presence of {user}: {e}")))?,
+                ),
+                kv::Operation::Delete | kv::Operation::Purge => None,
+            };
+            if let Some(old) = &held
+                && old.node != self.node_id()
+                && lock(&self.live).contains(&old.node)
+            {
+                if !fresh && t < old.t {
+                    return Ok(Claim::Lost);
+                }
+                if fresh || t > old.t {
+                    self.kick(&old.node, user, old.t).await?;
+                }
+                // Equal times: routing moves here, the other socket stays open.
+            }
+            match self
+                .presence
+                .update(user, mine.clone().into(), entry.revision)
+                .await
+            {
+                Ok(_) => return Ok(Claim::Won),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(nats(e)),
+            }
+        }
+        Err(ClusterError::Nats(format!(
+            "the presence of {user} kept changing"
+        )))
+    }
+
+    async fn kick(&self, node: &str, user: &str, t: i64) -> Result<(), ClusterError> {
+        let kick = serde_json::to_vec(&Kick {
+            user: user.to_owned(),
+            t,
+        })
+        .map_err(|e| ClusterError::Corrupt(e.to_string()))?;
+        self.stats.kicks_sent.fetch_add(1, Ordering::Relaxed);
+        self.client
+            .publish(Self::subject(node, "kick"), kick.into())
+            .await
+            .map_err(nats)
+    }
+
+    /// Lets go of `user` when this node's session with `firstLoginTime` `t` still
+    /// holds it.
+    pub(crate) async fn release(&self, user: &str, t: i64) -> Result<(), ClusterError> {
+        let Some(entry) = self.presence.entry(user).await.map_err(nats)? else {
+            return Ok(());
+        };
+        let ours = entry.operation == kv::Operation::Put
+            && serde_json::from_slice::<Presence>(&entry.value)
+                .is_ok_and(|p| p.node == self.node_id() && p.t == t);
+        if ours {
+            // A claim from another node since then wins: the revision no longer matches.
+            let _ = self
+                .presence
+                .delete_expect_revision(user, Some(entry.revision))
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Serves the other nodes until the server shuts down: their forwarded messages
+    /// and kickouts, the presence watch, and this node's lease. On shutdown the lease
+    /// goes first, so every node stops routing here at once.
+    pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+        let mut shutdown = shared.shutdown.subscribe();
+        let subscriptions = async {
+            let deliver = self
+                .client
+                .subscribe(Self::subject(self.node_id(), "deliver"))
+                .await?;
+            let kick = self
+                .client
+                .subscribe(Self::subject(self.node_id(), "kick"))
+                .await?;
+            Ok::<_, async_nats::SubscribeError>((deliver, kick))
+        };
+        let (mut deliver, mut kick) = match subscriptions.await {
+            Ok(subs) => subs,
+            Err(e) => {
+                tracing::error!("cluster: cannot subscribe, this node takes no traffic: {e}");
+                return;
+            }
+        };
+        let mut watch = self.presence.watch_all().await.ok();
+        let mut lease = tokio::time::interval(self.config.lease / 3);
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = super::state::until_shutdown(&mut shutdown) => break,
+                Some(message) = deliver.next() => {
+                    let answer = self.accept(&shared, &message.payload);
+                    if let Some(reply) = message.reply {
+                        let _ = self.client.publish(reply, answer.into()).await;
+                    }
+                }
+                Some(message) = kick.next() => self.kicked(&shared, &message.payload),
+                entry = next_entry(&mut watch) => match entry {
+                    Some(entry) => self.seen(entry),
+                    None => {
+                        // The watch ended (NATS went away): start it again shortly.
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        watch = self.presence.watch_all().await.ok();
+                    }
+                },
+                _ = lease.tick() => {
+                    if let Err(e) = self.renew_lease().await {
+                        tracing::warn!("cluster: lease not renewed: {e}");
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.nodes.delete(self.node_id()).await {
+            tracing::warn!("cluster: lease not given back (it expires by itself): {e}");
+        }
+        let _ = self.client.flush().await;
+    }
+
+    /// Another node's message for a user here.
+    fn accept(&self, shared: &Shared, payload: &[u8]) -> &'static str {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        let Some((frame, text)) = std::str::from_utf8(payload)
+            .ok()
+            .and_then(|text| Some((Frame::decode(text).ok()?, text)))
+        else {
+            return "bad";
+        };
+        let Some(to) = frame.to.clone() else {
+            return "bad";
+        };
+        let mut state = shared.lock();
+        match shared.deliver(&mut state, &to, &frame, text.to_owned(), None) {
+            Ok(()) => "ok",
+            Err(DeliverError::NotOnline) => "offline",
+            Err(DeliverError::Refused(reason)) => {
+                shared.metrics.reject(reason);
+                "busy"
+            }
+        }
+    }
+
+    /// Another node's login won over a session here.
+    fn kicked(&self, shared: &Shared, payload: &[u8]) {
+        let Ok(kick) = serde_json::from_slice::<Kick>(payload) else {
+            return;
+        };
+        self.stats.kicks_received.fetch_add(1, Ordering::Relaxed);
+        let state = shared.lock();
+        let Some(registered) = state.online.get(&kick.user) else {
+            return;
+        };
+        if registered.first_login_time != kick.t {
+            return;
+        }
+        if let Some(entry) = state.sessions.get(&registered.session) {
+            let _ = entry.tx.send(Command::Kick {
+                code: KickoutCode::DuplicateLogin,
+                reason: None,
+            });
+        }
+    }
+
+    /// A change in the presence bucket.
+    fn seen(&self, entry: kv::Entry) {
+        let mut remote = lock(&self.remote);
+        let presence = match entry.operation {
+            kv::Operation::Put => serde_json::from_slice::<Presence>(&entry.value).ok(),
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        };
+        match presence {
+            Some(p) if p.node != self.node_id() => {
+                remote.insert(entry.key, p);
+            }
+            _ => {
+                remote.remove(&entry.key);
+            }
+        }
+    }
+}
+
+/// The watch's next entry; `None` when it ended or there is none.
+async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
+    match watch {
+        Some(w) => match w.next().await {
+            Some(Ok(entry)) => Some(entry),
+            Some(Err(e)) => {
+                tracing::warn!("cluster: presence watch: {e}");
+                *watch = None;
+                None
+            }
+            None => {
+                *watch = None;
+                None
+            }
+        },
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_node_id;
+
+    #[test]
+    fn node_ids_are_subject_tokens() {
+        for good in ["a", "node-1", "eu_west_2", &"x".repeat(64)] {
+            assert!(valid_node_id(good), "{good}");
+        }
+        for bad in ["", "a.b", "a b", "*", ">", "ü", &"x".repeat(65)] {
+            assert!(!valid_node_id(bad), "{bad}");
+        }
+    }
+}

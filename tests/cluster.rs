@@ -1,0 +1,277 @@
+//! Several `im-server` nodes sharing users over one NATS server (feature `cluster`):
+//! direct messages across nodes with QoS, a login on another node kicking the first,
+//! a node killed (`kill -9`) letting its users go within its lease, and NATS itself
+//! restarted under a message in flight. Each test starts its own `nats-server` (a
+//! free port, a temporary JetStream folder) and stops it; without `nats-server`
+//! installed they say so and pass, unless `BEVY_IM_REQUIRE_NATS` is set (`.ci/run`
+//! sets it).
+#![cfg(all(unix, feature = "cluster"))]
+
+#[path = "support/nats.rs"]
+mod nats;
+#[path = "support/server.rs"]
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bevy_im::protocol::{Dialect, Frame, ServerKind};
+use bevy_im::server::{ClusterConfig, ServerConfig, ServerHandle};
+use nats::Nats;
+use support::{Client, Event, Recorder, eventually, eventually_within, logged_in};
+
+const DIALECT: Dialect = Dialect::Seed;
+
+fn node_config(nats: &Nats, id: &str) -> ServerConfig {
+    let mut cluster = ClusterConfig::new(nats.url(), id);
+    cluster.lease = Duration::from_secs(1);
+    cluster.request_timeout = Duration::from_secs(1);
+    ServerConfig {
+        // The raw test clients send no keepalives.
+        read_timeout: Duration::from_secs(30),
+        cluster: Some(cluster),
+        ..support::config(DIALECT)
+    }
+}
+
+async fn node(nats: &Nats, id: &str) -> ServerHandle {
+    support::start(node_config(nats, id), Recorder::new()).await
+}
+
+fn ack_type() -> i32 {
+    DIALECT.server_type(ServerKind::Ack)
+}
+
+/// The next frame of `client` that is not a keepalive reply.
+async fn next_frame(client: &mut Client) -> Frame {
+    loop {
+        let frame = client.recv().await;
+        if frame.ty != 51 {
+            return frame;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_cross_nodes_with_qos_both_ways() {
+    let Some(nats) = Nats::start() else { return };
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut alice = logged_in(&a.url(), "alice").await;
+    let mut bob = logged_in(&b.url(), "bob").await;
+    eventually("a sees bob on b", || {
+        a.node_of("bob").as_deref() == Some("b")
+    })
+    .await;
+    eventually("b sees alice on a", || {
+        b.node_of("alice").as_deref() == Some("a")
+    })
+    .await;
+
+    exchange(("alice", &mut alice), ("bob", &mut bob)).await;
+    exchange(("bob", &mut bob), ("alice", &mut alice)).await;
+}
+
+/// A QoS message from one client to another on another node: it arrives, and the
+/// sender's ACK (the receiving node accepted it) follows; the receiver ACKs it.
+async fn exchange(sender: (&str, &mut Client), receiver: (&str, &mut Client)) {
+    let ((from, sender), (to, receiver)) = (sender, receiver);
+    let text = format!("{from} to {to}");
+    let message = Frame::data(from, to, text.clone(), true, None, 0);
+    let fp = message.fp.clone().unwrap();
+    sender.send(&message).await;
+    let got = next_frame(receiver).await;
+    assert_eq!(
+        (got.from_id(), got.content(), got.fp.as_deref()),
+        (from, text.as_str(), Some(fp.as_str()))
+    );
+    let ack = next_frame(sender).await;
+    assert_eq!((ack.ty, ack.content()), (ack_type(), fp.as_str()));
+    receiver.send(&Frame::ack_of(&got).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_on_another_node_follows_the_first_login_time_rule() {
+    let Some(nats) = Nats::start() else { return };
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut first = Client::connect(&a.url()).await;
+    let t = first.login("alice").await;
+    eventually("b sees alice on a", || {
+        b.node_of("alice").as_deref() == Some("a")
+    })
+    .await;
+
+    // An older session coming back on b is the one kicked.
+    let mut stale = Client::connect(&b.url()).await;
+    stale.login_at("alice", t - 60_000).await;
+    let kick = next_frame(&mut stale).await;
+    assert_eq!(
+        kick.ty,
+        DIALECT.server_type(ServerKind::Kickout),
+        "{kick:?}"
+    );
+    assert_eq!(a.node_of("alice").as_deref(), Some("a"));
+
+    // A fresh login on b wins: a's session is kicked there.
+    let mut second = logged_in(&b.url(), "alice").await;
+    let kick = next_frame(&mut first).await;
+    assert_eq!(
+        kick.ty,
+        DIALECT.server_type(ServerKind::Kickout),
+        "{kick:?}"
+    );
+    eventually("a sees alice on b", || {
+        a.node_of("alice").as_deref() == Some("b")
+    })
+    .await;
+    assert!(!a.is_online("alice"));
+
+    // Messages for alice written on a reach her on b.
+    let mut carol = logged_in(&a.url(), "carol").await;
+    carol
+        .send(&Frame::data(
+            "carol",
+            "alice",
+            "after the kick",
+            true,
+            None,
+            0,
+        ))
+        .await;
+    let got = next_frame(&mut second).await;
+    assert_eq!((got.from_id(), got.content()), ("carol", "after the kick"));
+}
+
+/// `im-server` as a process of its own, killed with SIGKILL on drop.
+struct NodeProcess {
+    child: Child,
+    url: String,
+}
+
+impl NodeProcess {
+    fn start(nats: &Nats, id: &str) -> NodeProcess {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_im-server"))
+            .args(["--store", "memory", "--log-level", "warn", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args([
+                "--cluster",
+                &nats.url(),
+                "--node-id",
+                id,
+                "--cluster-lease",
+                "1",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("im-server");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {id} did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        NodeProcess {
+            child,
+            url: format!("ws://127.0.0.1:{port}/websocket"),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_lets_its_users_go_within_its_lease() {
+    let Some(nats) = Nats::start() else { return };
+    let mut a = NodeProcess::start(&nats, "a");
+    let b = node(&nats, "b").await;
+    let mut bob = logged_in(&a.url, "bob").await;
+    eventually("b sees bob on a", || {
+        b.node_of("bob").as_deref() == Some("a")
+    })
+    .await;
+
+    a.kill();
+    assert!(matches!(
+        bob.next_event_within(Duration::from_secs(2)).await,
+        Some(Event::Ended | Event::Close(..)) | None
+    ));
+    // The lease is 1 s; a third of it later every node has looked again.
+    eventually_within("b lets bob go", Duration::from_secs(4), || {
+        b.node_of("bob").is_none()
+    })
+    .await;
+
+    // A message for bob now waits in his offline box, ACKed as stored...
+    let mut alice = logged_in(&b.url(), "alice").await;
+    let message = Frame::data("alice", "bob", "while a was down", true, None, 0);
+    let fp = message.fp.clone().unwrap();
+    alice.send(&message).await;
+    let ack = next_frame(&mut alice).await;
+    assert_eq!(
+        (ack.ty, ack.content(), ack.stored),
+        (ack_type(), fp.as_str(), true)
+    );
+    // ...and bob, logging in on b at once, gets it.
+    let mut bob = logged_in(&b.url(), "bob").await;
+    let got = next_frame(&mut bob).await;
+    assert_eq!(
+        (got.from_id(), got.content()),
+        ("alice", "while a was down")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_in_flight_while_nats_restarts_is_never_acked_unless_delivered() {
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut alice = logged_in(&a.url(), "alice").await;
+    let mut bob = logged_in(&b.url(), "bob").await;
+    eventually("a sees bob on b", || {
+        a.node_of("bob").as_deref() == Some("b")
+    })
+    .await;
+
+    nats.kill();
+    let message = Frame::data("alice", "bob", "through the outage", true, None, 0);
+    let fp = message.fp.clone().unwrap();
+    alice.send(&message).await;
+    // No answer from b within the request timeout: no ACK, nothing delivered.
+    assert_eq!(alice.next_event_within(Duration::from_secs(2)).await, None);
+    assert_eq!(
+        bob.next_event_within(Duration::from_millis(100)).await,
+        None
+    );
+    nats.restart();
+
+    // The client resends (same fingerprint) until it is ACKed; it arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let acked = loop {
+        alice.send(&message).await;
+        if let Some(Event::Text(text)) = alice.next_event_within(Duration::from_secs(1)).await {
+            break Frame::decode(&text).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ACK after NATS came back"
+        );
+    };
+    assert_eq!((acked.ty, acked.content()), (ack_type(), fp.as_str()));
+    let got = next_frame(&mut bob).await;
+    assert_eq!(got.content(), "through the outage");
+}
