@@ -337,6 +337,7 @@ impl Files {
         Files { child, port }
     }
 
+    #[cfg(feature = "testing")]
     fn lobby(&self, server: &str, name: &str, script: &str) -> String {
         format!(
             "http://127.0.0.1:{}/lobby/index.html?url={server}&name={name}&script={}&script_settle=0.2",

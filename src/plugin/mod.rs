@@ -25,7 +25,7 @@ mod client;
 pub mod conditions;
 pub mod diagnostics;
 mod inbox;
-#[cfg(any(target_arch = "wasm32", test))]
+#[cfg(any(target_arch = "wasm32", all(test, feature = "testing")))]
 mod keeper;
 
 use std::sync::Mutex;
