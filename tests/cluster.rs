@@ -69,6 +69,25 @@ async fn direct_messages_cross_nodes_with_qos_both_ways() {
 
     exchange(("alice", &mut alice), ("bob", &mut bob)).await;
     exchange(("bob", &mut bob), ("alice", &mut alice)).await;
+    // Each node counted one forward each way, answered, with its round trip.
+    for handle in [&a, &b] {
+        let c = handle.metrics().cluster.expect("a node's metrics");
+        assert_eq!(
+            (c.forwarded, c.forward_failures, c.received),
+            (1, 0, 1),
+            "{c:?}"
+        );
+        assert!(c.forward_rtt_us > 0, "{c:?}");
+        let text = handle.metrics().to_prometheus();
+        assert!(text.contains("im_cluster_forwarded_total 1"), "{text}");
+    }
+    // A node started later knows who is online where already.
+    let c = node(&nats, "c").await;
+    eventually("c sees bob on b", || {
+        c.node_of("bob").as_deref() == Some("b")
+    })
+    .await;
+    assert_eq!(c.node_of("alice").as_deref(), Some("a"));
 }
 
 /// A QoS message from one client to another on another node: it arrives, and the

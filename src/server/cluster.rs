@@ -127,8 +127,11 @@ pub(crate) struct Cluster {
     config: ClusterConfig,
     presence: kv::Store,
     nodes: kv::Store,
-    /// Users online on other nodes, as the presence bucket's watch last said.
-    remote: Mutex<HashMap<String, Presence>>,
+    /// Users online on other nodes, as the presence bucket's watch last said, with
+    /// the revision that said it: the watch may deliver an entry again after a
+    /// reconnect, and an older revision never overrides a newer one. `None`: not
+    /// online elsewhere.
+    remote: Mutex<HashMap<String, (Option<Presence>, u64)>>,
     /// Nodes whose lease is live (this one included).
     live: Mutex<HashSet<String>>,
     pub stats: ClusterStats,
@@ -235,9 +238,24 @@ impl Cluster {
         Ok(())
     }
 
+    /// The counters, for the metrics endpoint.
+    pub(crate) fn snapshot(&self) -> super::ClusterSnapshot {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let s = &self.stats;
+        super::ClusterSnapshot {
+            node: self.node_id().to_owned(),
+            forwarded: load(&s.forwarded),
+            forward_failures: load(&s.forward_failures),
+            forward_rtt_us: load(&s.forward_rtt_us),
+            received: load(&s.received),
+            kicks_sent: load(&s.kicks_sent),
+            kicks_received: load(&s.kicks_received),
+        }
+    }
+
     /// The node a user is online on, when it is another live node.
     pub(crate) fn route(&self, user: &str) -> Option<String> {
-        let node = lock(&self.remote).get(user)?.node.clone();
+        let node = lock(&self.remote).get(user)?.0.as_ref()?.node.clone();
         lock(&self.live).contains(&node).then_some(node)
     }
 
@@ -390,7 +408,13 @@ impl Cluster {
                 return;
             }
         };
-        let mut watch = self.presence.watch_all().await.ok();
+        // A round trip on the same connection: NATS has taken the subscriptions when
+        // it answers (a flush only writes them).
+        if let Err(e) = self.renew_lease().await {
+            tracing::warn!("cluster: lease not renewed: {e}");
+        }
+        // Every user online elsewhere now, then every change.
+        let mut watch = self.presence.watch_with_history(">").await.ok();
         let mut lease = tokio::time::interval(self.config.lease / 3);
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -409,7 +433,7 @@ impl Cluster {
                     None => {
                         // The watch ended (NATS went away): start it again shortly.
                         tokio::time::sleep(Duration::from_millis(200)).await;
-                        watch = self.presence.watch_all().await.ok();
+                        watch = self.presence.watch_with_history(">").await.ok();
                     }
                 },
                 _ = lease.tick() => {
@@ -471,18 +495,19 @@ impl Cluster {
 
     /// A change in the presence bucket.
     fn seen(&self, entry: kv::Entry) {
-        let mut remote = lock(&self.remote);
         let presence = match entry.operation {
             kv::Operation::Put => serde_json::from_slice::<Presence>(&entry.value).ok(),
             kv::Operation::Delete | kv::Operation::Purge => None,
-        };
-        match presence {
-            Some(p) if p.node != self.node_id() => {
-                remote.insert(entry.key, p);
+        }
+        .filter(|p| p.node != self.node_id());
+        let mut remote = lock(&self.remote);
+        match remote.get_mut(&entry.key) {
+            Some((_, seen)) if *seen > entry.revision => {}
+            Some(known) => *known = (presence, entry.revision),
+            None if presence.is_some() => {
+                remote.insert(entry.key, (presence, entry.revision));
             }
-            _ => {
-                remote.remove(&entry.key);
-            }
+            None => {}
         }
     }
 }

@@ -254,6 +254,7 @@ impl Metrics {
                 .zip(&self.rejected)
                 .map(|(r, a)| (r.label(), load(a)))
                 .collect(),
+            cluster: None,
         }
     }
 }
@@ -294,6 +295,29 @@ pub struct MetricsSnapshot {
     pub frames_out: BTreeMap<&'static str, u64>,
     /// Refusals and bad input by [`RejectReason::label`].
     pub rejected: BTreeMap<&'static str, u64>,
+    /// This node's traffic with the other nodes, when it is one of several (feature
+    /// `cluster`).
+    pub cluster: Option<ClusterSnapshot>,
+}
+
+/// One node's traffic with the others (feature `cluster`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClusterSnapshot {
+    /// This node's id.
+    pub node: String,
+    /// Messages handed to another node for a user online there.
+    pub forwarded: u64,
+    /// Of those, how many got no answer in time (their senders got no ACK).
+    pub forward_failures: u64,
+    /// The answered forwards' round trips through NATS and the other node, summed,
+    /// in microseconds: divided by `forwarded - forward_failures`, the mean.
+    pub forward_rtt_us: u64,
+    /// Messages other nodes handed to this one.
+    pub received: u64,
+    /// Kickouts sent to other nodes (a login here won over a session there).
+    pub kicks_sent: u64,
+    /// Kickouts other nodes sent here.
+    pub kicks_received: u64,
 }
 
 impl MetricsSnapshot {
@@ -386,6 +410,44 @@ impl MetricsSnapshot {
             "Members that missed live room messages and were told to fetch them.",
             self.room_gaps,
         );
+        if let Some(c) = &self.cluster {
+            single(
+                "im_cluster_forwarded_total",
+                "counter",
+                "Messages handed to another node for a user online there.",
+                c.forwarded,
+            );
+            single(
+                "im_cluster_forward_failures_total",
+                "counter",
+                "Forwarded messages another node did not answer for in time.",
+                c.forward_failures,
+            );
+            single(
+                "im_cluster_forward_rtt_microseconds_total",
+                "counter",
+                "Round trips of the answered forwards, summed.",
+                c.forward_rtt_us,
+            );
+            single(
+                "im_cluster_received_total",
+                "counter",
+                "Messages other nodes handed to this one.",
+                c.received,
+            );
+            single(
+                "im_cluster_kicks_sent_total",
+                "counter",
+                "Kickouts sent to other nodes.",
+                c.kicks_sent,
+            );
+            single(
+                "im_cluster_kicks_received_total",
+                "counter",
+                "Kickouts other nodes sent here.",
+                c.kicks_received,
+            );
+        }
         let mut family = |name: &str, help: &str, label: &str, map: &BTreeMap<&str, u64>| {
             let _ = writeln!(out, "# HELP {name} {help}");
             let _ = writeln!(out, "# TYPE {name} counter");

@@ -91,7 +91,7 @@ mod store;
 pub use background::{RunningServer, spawn_background};
 pub use config::{ClusterConfig, PemSource, RateLimit, S2cQosConfig, ServerConfig, TlsConfig};
 pub use hooks::{AcceptAll, LogoutReason, Moderation, ServerHooks};
-pub use metrics::{MetricsSnapshot, RejectReason};
+pub use metrics::{ClusterSnapshot, MetricsSnapshot, RejectReason};
 pub use rooms::RoomsConfig;
 pub use serve::{PushError, Server, ServerHandle};
 pub use store::{Store, StoreConfig, StoreError, StoreHandle, StorePath, StoredMessage};

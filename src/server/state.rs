@@ -428,7 +428,13 @@ impl Shared {
 
     pub fn snapshot(&self) -> MetricsSnapshot {
         let online = self.lock().online.len();
-        self.metrics.snapshot(online)
+        #[allow(unused_mut)]
+        let mut snapshot = self.metrics.snapshot(online);
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            snapshot.cluster = Some(cluster.snapshot());
+        }
+        snapshot
     }
 
     /// Queues a frame for another session's socket, within its outbound bound.
