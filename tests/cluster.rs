@@ -294,3 +294,81 @@ async fn a_message_in_flight_while_nats_restarts_is_never_acked_unless_delivered
     let got = next_frame(&mut bob).await;
     assert_eq!(got.content(), "through the outage");
 }
+
+/// A room request from a raw client, and its reply (events before it are skipped).
+async fn join(client: &mut Client, user: &str, room: &str) {
+    use bevy_im::protocol::{RoomOp, RoomRequest};
+    let request = RoomRequest::new(1, RoomOp::Join).room(room);
+    client.send(&Frame::room_request(user, &request)).await;
+    loop {
+        let frame = next_frame(client).await;
+        let reply: bevy_im::protocol::RoomReply =
+            bevy_im::protocol::decode_body(frame.data_content.as_deref()).unwrap();
+        if reply.op == RoomOp::Join {
+            assert_eq!(reply.code, 0, "{reply:?}");
+            return;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_spans_nodes_for_messages_and_member_events() {
+    use bevy_im::protocol::{RoomOp, RoomReply, decode_body, room_address};
+    let Some(nats) = Nats::start() else { return };
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+    let mut alice = logged_in(&a.url(), "alice").await;
+    let mut bob = logged_in(&b.url(), "bob").await;
+    let mut carol = logged_in(&b.url(), "carol").await;
+    join(&mut alice, "alice", "hall").await;
+    join(&mut bob, "bob", "hall").await;
+    // Alice, alone in the room on a, hears bob join on b.
+    let event = next_frame(&mut alice).await;
+    let event: RoomReply = decode_body(event.data_content.as_deref()).unwrap();
+    assert_eq!(
+        (event.op, event.room.as_deref(), event.user.as_deref()),
+        (RoomOp::Joined, Some("hall"), Some("bob"))
+    );
+    join(&mut carol, "carol", "hall").await;
+    let event: RoomReply =
+        decode_body(next_frame(&mut alice).await.data_content.as_deref()).unwrap();
+    assert_eq!(
+        (event.op, event.user.as_deref()),
+        (RoomOp::Joined, Some("carol"))
+    );
+    // Bob hears carol join on his own node, once.
+    let event: RoomReply = decode_body(next_frame(&mut bob).await.data_content.as_deref()).unwrap();
+    assert_eq!(
+        (event.op, event.user.as_deref()),
+        (RoomOp::Joined, Some("carol"))
+    );
+
+    // A message from a reaches both members on b, once each; one from b reaches a.
+    let hall = room_address("hall");
+    alice
+        .send(&Frame::data("alice", &hall, "hello hall", true, None, 0))
+        .await;
+    for member in [&mut bob, &mut carol] {
+        let got = next_frame(member).await;
+        assert_eq!((got.from_id(), got.content()), ("alice", "hello hall"));
+    }
+    bob.send(&Frame::data("bob", &hall, "hi from b", true, None, 0))
+        .await;
+    let mut from_bob = Vec::new();
+    for _ in 0..2 {
+        let got = next_frame(&mut alice).await;
+        if got.ty == 2 {
+            from_bob.push(got.content().to_owned());
+        }
+    }
+    assert_eq!(
+        from_bob,
+        ["hi from b"],
+        "alice got it once (the other frame: her ACK)"
+    );
+    let got = next_frame(&mut carol).await;
+    assert_eq!((got.from_id(), got.content()), ("bob", "hi from b"));
+    assert_eq!(
+        carol.next_event_within(Duration::from_millis(300)).await,
+        None
+    );
+}

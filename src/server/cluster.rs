@@ -10,6 +10,7 @@
 //! | which nodes are alive | key-value bucket `im_nodes`, max age = the lease: node → start time | each node rewrites its key every third of the lease, and deletes it on shutdown |
 //! | a message for a user on another node | request to `im.node.<id>.deliver`, answered `ok`, `offline` or `busy` | the sender's ACK waits for `ok` |
 //! | a kickout across nodes | `im.node.<id>.kick` with the user and the kicked session's `firstLoginTime` | |
+//! | room messages and member events | `im.room`, published by the node of the sender or of the member | every other node hands it to its own members of the room |
 //!
 //! What holds across nodes:
 //! - **Direct messages keep their QoS end to end.** The sender's ACK means the
@@ -28,9 +29,13 @@
 //!   routing to it at once, then closes each socket with 1001 (going away), and the
 //!   clients log in again, through the load balancer, on another node.
 //!
-//! Not across nodes yet: rooms, history and offline boxes stay in each node's own
-//! store, so a room's members and its history are per node, and a message stored
-//! for an offline user waits on the node the sender used.
+//! - **Rooms span nodes**: a room message reaches the room's members on every node
+//!   once (each node hands it to its own members), and so do the events of members
+//!   joining, leaving, going online or offline.
+//!
+//! Not across nodes yet: each node keeps its own store, so a room's history (and
+//! the message ids in it), a join's member list and an offline box are the node's
+//! own; a message stored for an offline user waits on the node the sender used.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,7 +49,7 @@ use tokio::time::Instant;
 
 use super::config::ClusterConfig;
 use super::state::{Command, DeliverError, Shared};
-use crate::protocol::{Frame, KickoutCode};
+use crate::protocol::{Frame, KickoutCode, RoomReply};
 
 const PRESENCE_BUCKET: &str = "im_presence";
 const NODES_BUCKET: &str = "im_nodes";
@@ -86,6 +91,25 @@ struct Kick {
     t: i64,
 }
 
+/// Room traffic for the other nodes' members.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+enum RoomCast {
+    /// A room message, as fanned out on its sender's node (`frame`: the frame's JSON).
+    Message {
+        origin: String,
+        room: String,
+        sender: String,
+        frame: String,
+    },
+    /// An event about a member (joined, left, presence).
+    Event {
+        origin: String,
+        room: String,
+        event: RoomReply,
+    },
+}
+
 /// What another node answered to a forwarded message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Forwarded {
@@ -119,6 +143,9 @@ pub(crate) struct ClusterStats {
     /// Kickouts sent to other nodes, and received from them.
     pub kicks_sent: AtomicU64,
     pub kicks_received: AtomicU64,
+    /// Room messages and events published for the other nodes, and received from them.
+    pub room_casts_sent: AtomicU64,
+    pub room_casts_received: AtomicU64,
 }
 
 /// This node's link to the others.
@@ -134,6 +161,9 @@ pub(crate) struct Cluster {
     remote: Mutex<HashMap<String, (Option<Presence>, u64)>>,
     /// Nodes whose lease is live (this one included).
     live: Mutex<HashSet<String>>,
+    /// Room traffic waiting for `run` to publish it, in the order it happened here.
+    casts: tokio::sync::mpsc::UnboundedSender<RoomCast>,
+    casts_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RoomCast>>>,
     pub stats: ClusterStats,
 }
 
@@ -200,12 +230,15 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let presence = bucket(&js, PRESENCE_BUCKET, Duration::ZERO).await?;
         let nodes = bucket(&js, NODES_BUCKET, config.lease).await?;
+        let (casts, casts_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Cluster {
             client,
             presence,
             nodes,
             remote: Mutex::new(HashMap::new()),
             live: Mutex::new(HashSet::new()),
+            casts,
+            casts_rx: Mutex::new(Some(casts_rx)),
             stats: ClusterStats::default(),
             config,
         };
@@ -250,6 +283,32 @@ impl Cluster {
             received: load(&s.received),
             kicks_sent: load(&s.kicks_sent),
             kicks_received: load(&s.kicks_received),
+            room_casts_sent: load(&s.room_casts_sent),
+            room_casts_received: load(&s.room_casts_received),
+        }
+    }
+
+    /// A room message fanned out here, for the room's members on the other nodes.
+    pub(crate) fn cast_message(&self, room: &str, sender: &str, frame: &Frame) {
+        let _ = self.casts.send(RoomCast::Message {
+            origin: self.node_id().to_owned(),
+            room: room.to_owned(),
+            sender: sender.to_owned(),
+            frame: frame.to_json(),
+        });
+    }
+
+    /// Member events of this node's rooms, for the rooms' members on the other nodes.
+    pub(crate) fn cast_events(&self, events: Vec<RoomReply>) {
+        for event in events {
+            let Some(room) = event.room.clone() else {
+                continue;
+            };
+            let _ = self.casts.send(RoomCast::Event {
+                origin: self.node_id().to_owned(),
+                room,
+                event,
+            });
         }
     }
 
@@ -399,9 +458,13 @@ impl Cluster {
                 .client
                 .subscribe(Self::subject(self.node_id(), "kick"))
                 .await?;
-            Ok::<_, async_nats::SubscribeError>((deliver, kick))
+            let rooms = self.client.subscribe("im.room").await?;
+            Ok::<_, async_nats::SubscribeError>((deliver, kick, rooms))
         };
-        let (mut deliver, mut kick) = match subscriptions.await {
+        let Some(mut casts) = lock(&self.casts_rx).take() else {
+            return;
+        };
+        let (mut deliver, mut kick, mut rooms) = match subscriptions.await {
             Ok(subs) => subs,
             Err(e) => {
                 tracing::error!("cluster: cannot subscribe, this node takes no traffic: {e}");
@@ -428,6 +491,15 @@ impl Cluster {
                     }
                 }
                 Some(message) = kick.next() => self.kicked(&shared, &message.payload),
+                Some(message) = rooms.next() => self.room_cast(&shared, &message.payload),
+                Some(cast) = casts.recv() => {
+                    if let Ok(json) = serde_json::to_vec(&cast) {
+                        self.stats.room_casts_sent.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = self.client.publish("im.room", json.into()).await {
+                            tracing::warn!("cluster: room traffic not published: {e}");
+                        }
+                    }
+                }
                 entry = next_entry(&mut watch) => match entry {
                     Some(entry) => self.seen(entry),
                     None => {
@@ -490,6 +562,46 @@ impl Cluster {
                 code: KickoutCode::DuplicateLogin,
                 reason: None,
             });
+        }
+    }
+
+    /// Another node's room traffic: handed to this node's members of the room.
+    fn room_cast(&self, shared: &Shared, payload: &[u8]) {
+        let Ok(cast) = serde_json::from_slice::<RoomCast>(payload) else {
+            return;
+        };
+        match cast {
+            RoomCast::Message { origin, .. } | RoomCast::Event { origin, .. }
+                if origin == self.node_id() => {}
+            RoomCast::Message {
+                room,
+                sender,
+                frame,
+                ..
+            } => {
+                self.stats
+                    .room_casts_received
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Ok(frame) = Frame::decode(&frame) {
+                    super::session::fan_out(shared, &room, &sender, &frame);
+                }
+            }
+            RoomCast::Event { room, event, .. } => {
+                self.stats
+                    .room_casts_received
+                    .fetch_add(1, Ordering::Relaxed);
+                let about = event.user.clone().unwrap_or_default();
+                let mut state = shared.lock();
+                for member in state.rooms.recipients(&room, &about) {
+                    let frame = Frame::room_reply(&member, &event);
+                    let text = frame.to_json();
+                    if let Err(DeliverError::Refused(r)) =
+                        shared.deliver(&mut state, &member, &frame, text, None)
+                    {
+                        shared.metrics.reject(r);
+                    }
+                }
+            }
         }
     }
 

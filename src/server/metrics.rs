@@ -318,6 +318,10 @@ pub struct ClusterSnapshot {
     pub kicks_sent: u64,
     /// Kickouts other nodes sent here.
     pub kicks_received: u64,
+    /// Room messages and member events published for the other nodes.
+    pub room_casts_sent: u64,
+    /// Room messages and member events other nodes published.
+    pub room_casts_received: u64,
 }
 
 impl MetricsSnapshot {
@@ -446,6 +450,18 @@ impl MetricsSnapshot {
                 "counter",
                 "Kickouts other nodes sent here.",
                 c.kicks_received,
+            );
+            single(
+                "im_cluster_room_casts_sent_total",
+                "counter",
+                "Room messages and member events published for the other nodes.",
+                c.room_casts_sent,
+            );
+            single(
+                "im_cluster_room_casts_received_total",
+                "counter",
+                "Room messages and member events received from the other nodes.",
+                c.room_casts_received,
             );
         }
         let mut family = |name: &str, help: &str, label: &str, map: &BTreeMap<&str, u64>| {

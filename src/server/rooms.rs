@@ -61,6 +61,8 @@ pub(crate) struct Rooms {
     /// Users whose link dropped, with the time they are removed (grace deadline).
     offline_until: HashMap<String, Duration>,
     deadlines: BinaryHeap<Reverse<(Duration, String)>>,
+    /// Every member event, when they are kept for other nodes (a cluster's).
+    events: Option<Vec<RoomReply>>,
 }
 
 impl Rooms {
@@ -96,6 +98,18 @@ impl Rooms {
         self.rooms.get(room).is_some_and(|r| r.private)
     }
 
+    /// Keeps every member event from now on, for [`take_events`](Self::take_events).
+    #[cfg(feature = "cluster")]
+    pub fn keep_events(&mut self) {
+        self.events.get_or_insert_with(Vec::new);
+    }
+
+    /// The member events since the last call (none unless kept).
+    #[cfg(feature = "cluster")]
+    pub fn take_events(&mut self) -> Vec<RoomReply> {
+        self.events.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
     /// `user` joins `room` (created on first join). Joining a room one is in already
     /// answers with the members and tells nobody. `allowed` is asked for private rooms.
     ///
@@ -121,7 +135,8 @@ impl Rooms {
             return Err(room_code::FULL);
         }
         r.members.insert(user.to_owned(), true);
-        let notices = notices(r, user, RoomReply::event(RoomOp::Joined, room, user, None));
+        let event = record(&mut self.events, RoomOp::Joined, room, user, None);
+        let notices = notices(r, user, event);
         let members = members_of(r);
         self.by_user
             .entry(user.to_owned())
@@ -138,7 +153,8 @@ impl Rooms {
         if r.members.remove(user).is_none() {
             return Err(room_code::NOT_FOUND);
         }
-        let notices = notices(r, user, RoomReply::event(RoomOp::Left, room, user, None));
+        let event = record(&mut self.events, RoomOp::Left, room, user, None);
+        let notices = notices(r, user, event);
         if let Some(rooms) = self.by_user.get_mut(user) {
             rooms.remove(room);
             if rooms.is_empty() {
@@ -229,7 +245,7 @@ impl Rooms {
                 && *online
             {
                 *online = false;
-                let event = RoomReply::event(RoomOp::Presence, &room, user, Some(false));
+                let event = record(&mut self.events, RoomOp::Presence, &room, user, Some(false));
                 out.extend(notices(r, user, event));
             }
         }
@@ -251,7 +267,7 @@ impl Rooms {
                 && !*online
             {
                 *online = true;
-                let event = RoomReply::event(RoomOp::Presence, &room, user, Some(true));
+                let event = record(&mut self.events, RoomOp::Presence, &room, user, Some(true));
                 out.extend(notices(r, user, event));
             }
         }
@@ -303,6 +319,21 @@ fn members_of(r: &Room) -> Vec<Member> {
             online: *online,
         })
         .collect()
+}
+
+/// A member event, kept in `log` when events are kept.
+fn record(
+    log: &mut Option<Vec<RoomReply>>,
+    op: RoomOp,
+    room: &str,
+    user: &str,
+    online: Option<bool>,
+) -> RoomReply {
+    let event = RoomReply::event(op, room, user, online);
+    if let Some(log) = log {
+        log.push(event.clone());
+    }
+    event
 }
 
 /// `event` for every online member of `r` but `about`.

@@ -19,6 +19,8 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
+#[cfg(feature = "cluster")]
+pub(crate) use social::fan_out;
 pub(crate) use social::offline_frame;
 use social::{Job, served_extensions};
 #[cfg(feature = "fuzzing")]

@@ -314,7 +314,12 @@ impl Shared {
         store: StoreHandle,
     ) -> Self {
         let dedup = Dedup::new(config.c2s_dedup_window, config.c2s_dedup_max_entries);
-        let rooms = Rooms::new(config.rooms);
+        #[allow(unused_mut)]
+        let mut rooms = Rooms::new(config.rooms);
+        #[cfg(feature = "cluster")]
+        if config.cluster.is_some() {
+            rooms.keep_events();
+        }
         Self {
             store,
             started: Instant::now(),
@@ -392,6 +397,10 @@ impl Shared {
     /// Sends every room event to its member (no QoS: members re-read the list on
     /// re-join). A member whose socket cannot take it misses it.
     pub fn notify(&self, state: &mut State, notices: Vec<Notice>) {
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.cluster.get() {
+            cluster.cast_events(state.rooms.take_events());
+        }
         for notice in notices {
             let frame = Frame::room_reply(&notice.to, &notice.reply);
             let text = frame.to_json();

@@ -322,6 +322,10 @@ impl Session {
         frame.mid = Some(stored.mid);
         // A member whose socket cannot take it now finds it in the history.
         fan_out(&shared, &room, user, &frame);
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = shared.cluster.get() {
+            cluster.cast_message(&room, user, &frame);
+        }
         if let Some(fp) = frame.fp.as_deref().filter(|_| frame.qos) {
             let mut ack = Frame::server_ack(self.dialect(), &room_address(&room), user, fp);
             ack.mid = Some(stored.mid);
@@ -468,7 +472,7 @@ impl Session {
 /// whose queue is full misses the live copy of a stored message and is sent a
 /// `missed` event at its next ACK; a message without QoS is not stored, and is
 /// simply not delivered to such a member.
-fn fan_out(shared: &Shared, room: &str, sender: &str, frame: &Frame) {
+pub(crate) fn fan_out(shared: &Shared, room: &str, sender: &str, frame: &Frame) {
     let text = frame.to_json();
     let mut state = shared.lock();
     for member in state.rooms.recipients(room, sender) {
