@@ -51,6 +51,10 @@ struct Args {
     /// Server URL; without it a server is started in this process.
     #[arg(long)]
     url: Option<String>,
+    /// Direct mode: the receivers log in here instead (another node of a cluster),
+    /// so that every message crosses nodes.
+    #[arg(long, requires = "url")]
+    receiver_url: Option<String>,
     /// Wire dialect of the server.
     #[arg(long, default_value = "seed")]
     dialect: Dialect,
@@ -360,13 +364,18 @@ async fn direct_load(url: &str, args: &Args, probe: bool) -> Result<DirectRun, S
     let rss_before = rss_kib(args.server_pid);
     let started = Instant::now();
     let mut links = Vec::with_capacity(args.pairs);
+    let receiver_url = args.receiver_url.as_deref().unwrap_or(url);
     for i in 0..args.pairs {
         let (a, b) = (format!("load-a-{i}"), format!("load-b-{i}"));
-        let rx = login(url, &b).await?;
+        let rx = login(receiver_url, &b).await?;
         let tx = login(url, &a).await?;
         links.push((a, b, tx, rx));
     }
     let logins = started.elapsed();
+    if args.receiver_url.is_some() {
+        // The receivers' presence spreads to the senders' node (a key-value watch).
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let rss_connected = rss_kib(args.server_pid);
     let cpu_before = cpu_time(args.server_pid);
     let sending_started = Instant::now();
