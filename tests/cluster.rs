@@ -1,7 +1,8 @@
 //! Several `im-server` nodes sharing users over one NATS server (feature `cluster`):
 //! direct messages across nodes with QoS, a login on another node kicking the first,
-//! a node killed (`kill -9`) letting its users go within its lease, and NATS itself
-//! restarted under a message in flight. Each test starts its own `nats-server` (a
+//! a node killed (`kill -9`) letting its users go within its lease, NATS itself
+//! restarted under a message in flight, a room with members on two nodes, and
+//! offline boxes and room history shared by the nodes. Each test starts its own `nats-server` (a
 //! free port, a temporary JetStream folder) and stops it; without `nats-server`
 //! installed they say so and pass, unless `BEVY_IM_REQUIRE_NATS` is set (`.ci/run`
 //! sets it).
@@ -371,4 +372,66 @@ async fn a_room_spans_nodes_for_messages_and_member_events() {
         carol.next_event_within(Duration::from_millis(300)).await,
         None
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_boxes_and_room_history_are_shared_by_the_nodes() {
+    use bevy_im::protocol::{RoomOp, RoomReply, RoomRequest, decode_body, room_address};
+    let Some(nats) = Nats::start() else { return };
+    let (a, b) = (node(&nats, "a").await, node(&nats, "b").await);
+
+    // Stored through a for bob, who is nowhere online...
+    let mut alice = logged_in(&a.url(), "alice").await;
+    let message = Frame::data("alice", "bob", "kept for bob", true, None, 0);
+    alice.send(&message).await;
+    let ack = next_frame(&mut alice).await;
+    assert_eq!((ack.ty, ack.stored), (ack_type(), true), "{ack:?}");
+    // ...delivered when he logs in on b; his ACK takes it out of the box.
+    let mut bob = logged_in(&b.url(), "bob").await;
+    let got = next_frame(&mut bob).await;
+    assert_eq!((got.from_id(), got.content()), ("alice", "kept for bob"));
+    assert!(got.mid.is_some(), "a box message has its id: {got:?}");
+    bob.send(&Frame::ack_of(&got).unwrap()).await;
+    bob.barrier().await;
+    drop(bob);
+    // Logging in again, on a this time: the box is empty.
+    eventually_within("the box emptied", Duration::from_secs(5), || {
+        b.metrics().users_online == 0
+    })
+    .await;
+    let mut bob = logged_in(&a.url(), "bob").await;
+    assert_eq!(
+        bob.next_event_within(Duration::from_millis(500)).await,
+        None
+    );
+    drop(bob);
+
+    // Room history: a message posted on a is in the history a joiner on b gets, with
+    // the same id.
+    join(&mut alice, "alice", "annals").await;
+    let hall = room_address("annals");
+    alice
+        .send(&Frame::data(
+            "alice",
+            &hall,
+            "for the record",
+            true,
+            None,
+            0,
+        ))
+        .await;
+    let ack = next_frame(&mut alice).await;
+    let posted_mid = ack.mid.expect("a room message's id");
+    let mut carol = logged_in(&b.url(), "carol").await;
+    let request = RoomRequest::new(7, RoomOp::Join).room("annals");
+    carol.send(&Frame::room_request("carol", &request)).await;
+    let reply: RoomReply =
+        decode_body(next_frame(&mut carol).await.data_content.as_deref()).unwrap();
+    assert_eq!((reply.op, reply.code), (RoomOp::Join, 0), "{reply:?}");
+    let history: Vec<(i64, &str)> = reply
+        .messages
+        .iter()
+        .map(|m| (m.mid, m.content.as_str()))
+        .collect();
+    assert_eq!(history, [(posted_mid, "for the record")]);
 }

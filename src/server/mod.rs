@@ -80,6 +80,7 @@ mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handshake;
+mod history;
 mod hooks;
 mod metrics;
 mod rooms;

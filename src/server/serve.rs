@@ -119,7 +119,8 @@ impl Server {
         ));
         #[cfg(feature = "cluster")]
         if let Some(config) = shared.config.cluster.clone() {
-            let cluster = super::cluster::Cluster::connect(config)
+            let limits = shared.config.store_limits.clone();
+            let cluster = super::cluster::Cluster::connect(config, limits)
                 .await
                 .map_err(io::Error::other)?;
             let _ = shared.cluster.set(Arc::new(cluster));
@@ -353,15 +354,18 @@ pub(crate) async fn settle_lost(shared: Arc<Shared>, user: String, frame: Frame)
     if !keep {
         return s2c_lost(&shared, &user, &frame);
     }
-    let stored = shared.store.offline_push(
-        &user,
-        frame.from_id(),
-        frame.content(),
-        frame.typeu,
-        frame.fp.as_deref(),
-        session::now_ms(),
-    );
-    match stored.await {
+    let stored = shared
+        .log()
+        .offline_push(
+            &user,
+            frame.from_id(),
+            frame.content(),
+            frame.typeu,
+            frame.fp.as_deref(),
+            session::now_ms(),
+        )
+        .await;
+    match stored {
         Ok(m) => {
             Metrics::inc(&shared.metrics.s2c_kept);
             // Online (again): delivered from the box at once.

@@ -261,9 +261,9 @@ impl Session {
                             && let Some(mid) = acked.mid
                             && !acked.to_id().starts_with(ROOM_PREFIX)
                         {
-                            let done = shared.store.offline_remove(&user, mid);
+                            let (shared, user) = (shared.clone(), user.to_owned());
                             tokio::spawn(async move {
-                                if let Err(e) = done.await {
+                                if let Err(e) = shared.log().offline_remove(&user, mid).await {
                                     tracing::warn!("offline message not removed: {e}");
                                 }
                             });

@@ -300,7 +300,7 @@ impl Session {
     async fn store_room_message(&mut self, user: &str, room: String, mut frame: Frame) {
         let shared = self.shared.clone();
         let stored = shared
-            .store
+            .log()
             .append_room(
                 &room,
                 user,
@@ -337,7 +337,7 @@ impl Session {
     async fn store_offline(&mut self, user: &str, to: &str, frame: Frame) {
         let shared = self.shared.clone();
         let stored = shared
-            .store
+            .log()
             .offline_push(
                 to,
                 user,
@@ -372,7 +372,7 @@ impl Session {
     /// box when the user ACKs it (it stays for the next login otherwise).
     async fn deliver_offline(&mut self, user: &str) {
         let shared = self.shared.clone();
-        let waiting = match shared.store.offline_for(user, now_ms()).await {
+        let waiting = match shared.log().offline_for(user, now_ms()).await {
             Ok(w) => w,
             Err(e) => {
                 tracing::warn!(%user, "offline box not read: {e}");
@@ -415,7 +415,7 @@ impl Session {
         let mut reply = RoomReply::to(&request, 0);
         reply.members = members;
         match shared
-            .store
+            .log()
             .room_history(&room, None, request.after, limit)
             .await
         {
@@ -440,7 +440,7 @@ impl Session {
         let page = match (&request.room, &request.peer) {
             (Some(room), _) => {
                 shared
-                    .store
+                    .log()
                     .room_history(room, request.before, None, limit)
                     .await
             }

@@ -33,9 +33,16 @@
 //!   once (each node hands it to its own members), and so do the events of members
 //!   joining, leaving, going online or offline.
 //!
-//! Not across nodes yet: each node keeps its own store, so a room's history (and
-//! the message ids in it), a join's member list and an offline box are the node's
-//! own; a message stored for an offline user waits on the node the sender used.
+//! - **History and offline boxes are shared**: room history and each user's offline
+//!   box live in JetStream streams every node reads (`log`), so a message stored
+//!   through one node is delivered at a login on any node, and a room's message ids
+//!   agree everywhere.
+//!
+//! Not across nodes yet: a join's member list is the node's own members (events
+//! about the others arrive as they happen), and direct history and private rooms
+//! stay in each node's store.
+
+mod log;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +54,11 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+pub(crate) use log::SharedLog;
+
 use super::config::ClusterConfig;
 use super::state::{Command, DeliverError, Shared};
+use super::store::StoreConfig;
 use crate::protocol::{Frame, KickoutCode, RoomReply};
 
 const PRESENCE_BUCKET: &str = "im_presence";
@@ -73,7 +83,7 @@ pub enum ClusterError {
     Corrupt(String),
 }
 
-fn nats(e: impl std::fmt::Display) -> ClusterError {
+pub(crate) fn nats(e: impl std::fmt::Display) -> ClusterError {
     ClusterError::Nats(e.to_string())
 }
 
@@ -164,6 +174,8 @@ pub(crate) struct Cluster {
     /// Room traffic waiting for `run` to publish it, in the order it happened here.
     casts: tokio::sync::mpsc::UnboundedSender<RoomCast>,
     casts_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RoomCast>>>,
+    /// Room history and offline boxes, shared by every node.
+    pub log: SharedLog,
     pub stats: ClusterStats,
 }
 
@@ -217,8 +229,12 @@ async fn bucket(
 }
 
 impl Cluster {
-    /// Connects to NATS, opens (or creates) the buckets and takes this node's lease.
-    pub(crate) async fn connect(config: ClusterConfig) -> Result<Cluster, ClusterError> {
+    /// Connects to NATS, opens (or creates) the buckets and the streams (`limits`:
+    /// the caps of room history and offline boxes) and takes this node's lease.
+    pub(crate) async fn connect(
+        config: ClusterConfig,
+        limits: StoreConfig,
+    ) -> Result<Cluster, ClusterError> {
         if !valid_node_id(&config.node_id) {
             return Err(ClusterError::NodeId(config.node_id));
         }
@@ -230,6 +246,7 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let presence = bucket(&js, PRESENCE_BUCKET, Duration::ZERO).await?;
         let nodes = bucket(&js, NODES_BUCKET, config.lease).await?;
+        let log = SharedLog::open(js, limits).await?;
         let (casts, casts_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Cluster {
             client,
@@ -239,6 +256,7 @@ impl Cluster {
             live: Mutex::new(HashSet::new()),
             casts,
             casts_rx: Mutex::new(Some(casts_rx)),
+            log,
             stats: ClusterStats::default(),
             config,
         };
