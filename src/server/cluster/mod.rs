@@ -11,6 +11,7 @@
 //! | a message for a user on another node | request to `im.node.<id>.deliver`, answered `ok`, `offline` or `busy` | the sender's ACK waits for `ok` |
 //! | a kickout across nodes | `im.node.<id>.kick` with the user and the kicked session's `firstLoginTime` | |
 //! | room messages and member events | `im.room`, published by the node of the sender or of the member | every other node hands it to its own members of the room |
+//! | a room's members on the other nodes | `im.room.members`, asked by the node answering a join or a members request | every live node answers with its own members |
 //!
 //! What holds across nodes:
 //! - **Direct messages keep their QoS end to end.** The sender's ACK means the
@@ -38,9 +39,11 @@
 //!   through one node is delivered at a login on any node, and a room's message ids
 //!   agree everywhere.
 //!
-//! Not across nodes yet: a join's member list is the node's own members (events
-//! about the others arrive as they happen), and direct history and private rooms
-//! stay in each node's store.
+//! - **Member lists span nodes**: a join's or a members request's list is gathered
+//!   from every live node (each answers within a fraction of a second, or is left
+//!   out).
+//!
+//! Not across nodes yet: direct history and private rooms stay in each node's store.
 
 mod log;
 
@@ -59,7 +62,10 @@ pub(crate) use log::SharedLog;
 use super::config::ClusterConfig;
 use super::state::{Command, DeliverError, Shared};
 use super::store::StoreConfig;
-use crate::protocol::{Frame, KickoutCode, RoomReply};
+use crate::protocol::{Frame, KickoutCode, Member, RoomReply};
+
+/// How long a node waits for the others' member lists.
+const MEMBERS_WAIT: Duration = Duration::from_millis(300);
 
 const PRESENCE_BUCKET: &str = "im_presence";
 const NODES_BUCKET: &str = "im_nodes";
@@ -118,6 +124,13 @@ enum RoomCast {
         room: String,
         event: RoomReply,
     },
+}
+
+/// A question to every node: its members of `room`.
+#[derive(Serialize, Deserialize, Debug)]
+struct MembersQuery {
+    origin: String,
+    room: String,
 }
 
 /// What another node answered to a forwarded message.
@@ -330,6 +343,60 @@ impl Cluster {
         }
     }
 
+    /// The members of `room` on the other live nodes, as each answers within
+    /// [`MEMBERS_WAIT`] (a node that does not is left out).
+    pub(crate) async fn remote_members(&self, room: &str) -> Vec<Member> {
+        let others = lock(&self.live).len().saturating_sub(1);
+        if others == 0 {
+            return Vec::new();
+        }
+        let Ok(query) = serde_json::to_vec(&MembersQuery {
+            origin: self.node_id().to_owned(),
+            room: room.to_owned(),
+        }) else {
+            return Vec::new();
+        };
+        let inbox = self.client.new_inbox();
+        let Ok(mut answers) = self.client.subscribe(inbox.clone()).await else {
+            return Vec::new();
+        };
+        if self
+            .client
+            .publish_with_reply("im.room.members", inbox, query.into())
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        let mut members = Vec::new();
+        let gather = async {
+            for _ in 0..others {
+                let Some(answer) = answers.next().await else {
+                    break;
+                };
+                if let Ok(list) = serde_json::from_slice::<Vec<Member>>(&answer.payload) {
+                    members.extend(list);
+                }
+            }
+        };
+        let _ = tokio::time::timeout(MEMBERS_WAIT, gather).await;
+        members
+    }
+
+    /// `local` and the other nodes' members of `room` in one list, in name order; a
+    /// member listed twice (back on another node within the grace period) counts as
+    /// online if either says so.
+    pub(crate) async fn all_members(&self, room: &str, local: Vec<Member>) -> Vec<Member> {
+        let mut all: std::collections::BTreeMap<String, bool> =
+            local.into_iter().map(|m| (m.user, m.online)).collect();
+        for m in self.remote_members(room).await {
+            *all.entry(m.user).or_default() |= m.online;
+        }
+        all.into_iter()
+            .map(|(user, online)| Member { user, online })
+            .collect()
+    }
+
     /// The node a user is online on, when it is another live node.
     pub(crate) fn route(&self, user: &str) -> Option<String> {
         let node = lock(&self.remote).get(user)?.0.as_ref()?.node.clone();
@@ -477,12 +544,13 @@ impl Cluster {
                 .subscribe(Self::subject(self.node_id(), "kick"))
                 .await?;
             let rooms = self.client.subscribe("im.room").await?;
-            Ok::<_, async_nats::SubscribeError>((deliver, kick, rooms))
+            let members = self.client.subscribe("im.room.members").await?;
+            Ok::<_, async_nats::SubscribeError>((deliver, kick, rooms, members))
         };
         let Some(mut casts) = lock(&self.casts_rx).take() else {
             return;
         };
-        let (mut deliver, mut kick, mut rooms) = match subscriptions.await {
+        let (mut deliver, mut kick, mut rooms, mut members) = match subscriptions.await {
             Ok(subs) => subs,
             Err(e) => {
                 tracing::error!("cluster: cannot subscribe, this node takes no traffic: {e}");
@@ -510,6 +578,13 @@ impl Cluster {
                 }
                 Some(message) = kick.next() => self.kicked(&shared, &message.payload),
                 Some(message) = rooms.next() => self.room_cast(&shared, &message.payload),
+                Some(message) = members.next() => {
+                    if let (Some(list), Some(reply)) =
+                        (self.members_of(&shared, &message.payload), message.reply)
+                    {
+                        let _ = self.client.publish(reply, list.into()).await;
+                    }
+                }
                 Some(cast) = casts.recv() => {
                     if let Ok(json) = serde_json::to_vec(&cast) {
                         self.stats.room_casts_sent.fetch_add(1, Ordering::Relaxed);
@@ -581,6 +656,17 @@ impl Cluster {
                 reason: None,
             });
         }
+    }
+
+    /// Another node's question: this node's members of a room, as JSON (an empty list
+    /// when none), or `None` for this node's own question.
+    fn members_of(&self, shared: &Shared, payload: &[u8]) -> Option<Vec<u8>> {
+        let query = serde_json::from_slice::<MembersQuery>(payload).ok()?;
+        if query.origin == self.node_id() {
+            return None;
+        }
+        let members = shared.lock().rooms.members(&query.room).unwrap_or_default();
+        serde_json::to_vec(&members).ok()
     }
 
     /// Another node's room traffic: handed to this node's members of the room.

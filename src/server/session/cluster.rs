@@ -3,6 +3,7 @@
 
 use super::social::Job;
 use super::*;
+use crate::protocol::{Member, RoomReply, RoomRequest};
 use crate::server::cluster::{Claim, Forwarded};
 
 impl Session {
@@ -74,5 +75,28 @@ impl Session {
                 tracing::debug!(%node, "cluster: message not forwarded: {e}");
             }
         }
+    }
+
+    /// A members request: this node's members and every other node's; 404 when no
+    /// node has the room.
+    pub(super) async fn members_reply(
+        &mut self,
+        user: &str,
+        request: RoomRequest,
+        local: Option<Vec<Member>>,
+    ) {
+        let Some(cluster) = self.shared.cluster.get().cloned() else {
+            return;
+        };
+        let room = request.room.clone().unwrap_or_default();
+        let known_here = local.is_some();
+        let members = cluster.all_members(&room, local.unwrap_or_default()).await;
+        if members.is_empty() && !known_here {
+            let reply = RoomReply::to(&request, 404).msg("no such room");
+            return self.reply(user, &reply);
+        }
+        let mut reply = RoomReply::to(&request, 0);
+        reply.members = members;
+        self.reply(user, &reply);
     }
 }

@@ -29,6 +29,12 @@ pub(super) enum Job {
     History(RoomRequest),
     /// Forget a private room's member.
     LeavePrivate(String),
+    /// Answer a members request with every node's members.
+    #[cfg(feature = "cluster")]
+    Members {
+        request: RoomRequest,
+        members: Option<Vec<Member>>,
+    },
     /// Claim the user for this node among the cluster's (after a login here).
     #[cfg(feature = "cluster")]
     Claim { t: i64, fresh: bool },
@@ -122,7 +128,7 @@ impl Session {
         self.jobs.push(Job::RoomMessage { room, frame });
     }
 
-    fn reply(&mut self, user: &str, reply: &RoomReply) {
+    pub(super) fn reply(&mut self, user: &str, reply: &RoomReply) {
         if reply.code != room_code::OK {
             self.shared.metrics.reject(RejectReason::BadRoomRequest);
         }
@@ -206,6 +212,10 @@ impl Session {
             }
             RoomOp::Members => {
                 let members = shared.lock().rooms.members(&room.unwrap_or_default());
+                #[cfg(feature = "cluster")]
+                if shared.cluster.get().is_some() {
+                    return self.jobs.push(Job::Members { request, members });
+                }
                 match members {
                     Some(members) => {
                         let mut reply = RoomReply::to(&request, 0);
@@ -291,6 +301,10 @@ impl Session {
                 }
                 #[cfg(feature = "cluster")]
                 Job::Claim { t, fresh } => self.claim(&user, t, fresh).await,
+                #[cfg(feature = "cluster")]
+                Job::Members { request, members } => {
+                    self.members_reply(&user, request, members).await
+                }
                 #[cfg(feature = "cluster")]
                 Job::Forward { node, to, frame } => self.forward(&user, &node, to, frame).await,
             }
@@ -407,6 +421,11 @@ impl Session {
     ) {
         let shared = self.shared.clone();
         let room = request.room.clone().unwrap_or_default();
+        #[cfg(feature = "cluster")]
+        let members = match shared.cluster.get() {
+            Some(cluster) => cluster.all_members(&room, members).await,
+            None => members,
+        };
         if private && let Err(e) = shared.store.add_member(&room, user).await {
             tracing::warn!(%room, "private membership not stored: {e}");
             shared.metrics.reject(RejectReason::StoreFailed);
