@@ -82,6 +82,15 @@ async fn direct_messages_cross_nodes_with_qos_both_ways() {
         let text = handle.metrics().to_prometheus();
         assert!(text.contains("im_cluster_forwarded_total 1"), "{text}");
     }
+    // The pair's history is the same from either node, with the same ids.
+    let mut pages = Vec::new();
+    for (client, user, peer) in [(&mut alice, "alice", "bob"), (&mut bob, "bob", "alice")] {
+        let page = pair_history(client, user, peer, 2).await;
+        pages.push(page);
+    }
+    assert_eq!(pages[0], pages[1]);
+    let texts: Vec<&str> = pages[0].iter().map(|(_, _, text)| text.as_str()).collect();
+    assert_eq!(texts, ["alice to bob", "bob to alice"]);
     // A node started later knows who is online where already.
     let c = node(&nats, "c").await;
     eventually("c sees bob on b", || {
@@ -174,7 +183,7 @@ impl NodeProcess {
             .unwrap()
             .port();
         let child = Command::new(env!("CARGO_BIN_EXE_im-server"))
-            .args(["--store", "memory", "--log-level", "warn", "--listen"])
+            .args(["--store", "memory", "--log-level", "error", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .args([
                 "--cluster",
@@ -185,9 +194,15 @@ impl NodeProcess {
                 "1",
             ])
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .spawn()
             .expect("im-server");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        // Owned at once: a failed start below still kills it.
+        let node = NodeProcess {
+            child,
+            url: format!("ws://127.0.0.1:{port}/websocket"),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(
                 std::time::Instant::now() < deadline,
@@ -195,9 +210,25 @@ impl NodeProcess {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        NodeProcess {
-            child,
-            url: format!("ws://127.0.0.1:{port}/websocket"),
+        node
+    }
+
+    /// Logs `user` in, retrying while the node is still joining the cluster (it
+    /// listens before it serves).
+    async fn logged_in(&self, user: &str) -> Client {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let attempt = tokio_tungstenite::connect_async(self.url.as_str());
+            if let Ok(Ok((ws, _))) = tokio::time::timeout(Duration::from_secs(2), attempt).await {
+                let mut client = Client { ws };
+                client.login(user).await;
+                return client;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the node never served"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -218,7 +249,7 @@ async fn a_killed_node_lets_its_users_go_within_its_lease() {
     let Some(nats) = Nats::start() else { return };
     let mut a = NodeProcess::start(&nats, "a");
     let b = node(&nats, "b").await;
-    let mut bob = logged_in(&a.url, "bob").await;
+    let mut bob = a.logged_in("bob").await;
     eventually("b sees bob on a", || {
         b.node_of("bob").as_deref() == Some("a")
     })
@@ -292,6 +323,12 @@ async fn a_message_in_flight_while_nats_restarts_is_never_acked_unless_delivered
         );
     };
     assert_eq!((acked.ty, acked.content()), (ack_type(), fp.as_str()));
+    if acked.stored {
+        // Node a took b for dead for a moment (b's lease lapsed during the outage)
+        // and stored the message in bob's box: it is bob's at his next login.
+        drop(bob);
+        bob = logged_in(&b.url(), "bob").await;
+    }
     let got = next_frame(&mut bob).await;
     assert_eq!(got.content(), "through the outage");
 }
@@ -482,4 +519,37 @@ async fn a_node_shut_down_gracefully_hands_its_users_over() {
         .await;
     let got = next_frame(&mut bob).await;
     assert_eq!(got.content(), "on b now");
+}
+
+/// The direct history of `user` with `peer`, once it holds `count` messages (the
+/// history is written after the relay): (id, sender, text) of each, oldest first.
+async fn pair_history(
+    client: &mut Client,
+    user: &str,
+    peer: &str,
+    count: usize,
+) -> Vec<(i64, String, String)> {
+    use bevy_im::protocol::{RoomOp, RoomReply, RoomRequest, decode_body};
+    for attempt in 0..50 {
+        let mut request = RoomRequest::new(attempt, RoomOp::History);
+        request.peer = Some(peer.to_owned());
+        client.send(&Frame::room_request(user, &request)).await;
+        let reply: RoomReply = loop {
+            let frame = next_frame(client).await;
+            let reply: RoomReply = decode_body(frame.data_content.as_deref()).unwrap();
+            if reply.op == RoomOp::History {
+                break reply;
+            }
+        };
+        assert_eq!(reply.code, 0, "{reply:?}");
+        if reply.messages.len() >= count {
+            return reply
+                .messages
+                .iter()
+                .map(|m| (m.mid, m.from.clone(), m.content.clone()))
+                .collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{user}'s history with {peer} never held {count} messages");
 }

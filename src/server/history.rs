@@ -1,6 +1,9 @@
-//! Where room history and offline boxes live: this node's store, or, in a cluster,
-//! the streams every node shares (`cluster::SharedLog`). Direct history, private
-//! rooms and their members stay in the node's store either way.
+//! Where room and direct history and offline boxes live: this node's store, or, in
+//! a cluster, the streams every node shares (`cluster::SharedLog`). Private rooms
+//! and their members stay in the node's store either way.
+
+#[cfg(feature = "cluster")]
+use std::sync::Arc;
 
 #[cfg(feature = "cluster")]
 use super::cluster::SharedLog;
@@ -13,7 +16,7 @@ pub(crate) enum Log<'a> {
     Local(&'a StoreHandle),
     /// The cluster's streams.
     #[cfg(feature = "cluster")]
-    Shared(&'a SharedLog),
+    Shared(&'a Arc<SharedLog>),
 }
 
 impl Shared {
@@ -58,6 +61,47 @@ impl Log<'_> {
             Log::Local(s) => s.room_history(room, before, after, limit).await,
             #[cfg(feature = "cluster")]
             Log::Shared(l) => l.room_history(room, before, after, limit).await,
+        }
+    }
+
+    /// Keeps a direct message of the pair `a`, `b` (sent by `from`) without waiting;
+    /// `on_error` hears of a failure.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append_pair_detached(
+        &self,
+        a: &str,
+        b: &str,
+        from: &str,
+        content: &str,
+        typeu: i32,
+        fp: Option<&str>,
+        ts_ms: i64,
+        on_error: impl FnOnce(StoreError) + Send + 'static,
+    ) {
+        match self {
+            Log::Local(s) => {
+                s.append_pair_detached(a, b, from, content, typeu, fp, ts_ms, on_error)
+            }
+            #[cfg(feature = "cluster")]
+            Log::Shared(l) => {
+                l.append_pair_detached(a, b, from, content, typeu, fp, ts_ms, on_error)
+            }
+        }
+    }
+
+    /// The newest `limit` direct messages of the pair `a`, `b` with `mid < before`,
+    /// oldest first, and whether older ones are left.
+    pub(crate) async fn pair_history(
+        &self,
+        a: &str,
+        b: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        match self {
+            Log::Local(s) => s.pair_history(a, b, before, limit).await,
+            #[cfg(feature = "cluster")]
+            Log::Shared(l) => l.pair_history(a, b, before, limit).await,
         }
     }
 

@@ -271,6 +271,11 @@ pub(crate) struct State {
     pub recent_acks: RecentAcks,
     /// Login and logout hook calls not yet run.
     pub hook_queue: std::collections::VecDeque<HookCall>,
+    /// For each user online here, the offline-box messages handed to their socket
+    /// since they logged in: a box read at login and a cluster's notice of a stored
+    /// message hand each over once.
+    #[cfg(feature = "cluster")]
+    pub box_sent: HashMap<String, HashSet<i64>>,
 }
 
 /// Why a frame could not be handed to a user's socket.
@@ -338,6 +343,8 @@ impl Shared {
                 user_buckets: HashMap::new(),
                 recent_acks: RecentAcks::default(),
                 hook_queue: std::collections::VecDeque::new(),
+                #[cfg(feature = "cluster")]
+                box_sent: HashMap::new(),
             }),
             qos_wake: Notify::new(),
             shutdown: watch::Sender::new(false),

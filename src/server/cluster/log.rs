@@ -3,6 +3,8 @@
 //! - `IM_HISTORY`, subjects `im.hist.<room in hex>`: each room's newest
 //!   [`StoreConfig::room_history`] messages (older ones are discarded); a message's
 //!   id is its stream sequence, so ids increase per room and agree on every node.
+//! - `IM_PAIRS`, subjects `im.pair.<user in hex>.<user in hex>` (the two in byte
+//!   order): each pair's newest [`StoreConfig::pair_history`] direct messages.
 //! - `IM_BOX`, subjects `im.box.<user in hex>`: each user's offline messages, at most
 //!   [`StoreConfig::offline_max`] per user (one more is refused: the box is full) and
 //!   [`StoreConfig::offline_max_age`] old; delivered ones are deleted by sequence.
@@ -21,6 +23,7 @@ use super::ClusterError;
 use crate::server::store::{StoreConfig, StoreError, StoredMessage};
 
 const HISTORY_STREAM: &str = "IM_HISTORY";
+const PAIRS_STREAM: &str = "IM_PAIRS";
 const BOX_STREAM: &str = "IM_BOX";
 /// A read of one subject gives up after this.
 const SCAN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,6 +36,9 @@ const SUBJECT_FULL: u64 = 10077;
 struct Logged {
     ts: i64,
     from: String,
+    /// The receiver, for direct history (a room's or a box's is its subject's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    to: Option<String>,
     content: String,
     typeu: i32,
     fp: Option<String>,
@@ -40,6 +46,12 @@ struct Logged {
 
 fn hex(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The subject of the pair `a`, `b`, the same either way round.
+fn pair_subject(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    format!("im.pair.{}.{}", hex(x), hex(y))
 }
 
 fn other(e: impl std::fmt::Display) -> StoreError {
@@ -50,6 +62,7 @@ fn other(e: impl std::fmt::Display) -> StoreError {
 pub(crate) struct SharedLog {
     js: jetstream::Context,
     history: stream::Stream,
+    pairs: stream::Stream,
     boxes: stream::Stream,
     limits: StoreConfig,
 }
@@ -72,6 +85,17 @@ impl SharedLog {
             })
             .await
             .map_err(super::nats)?;
+        let pairs = js
+            .get_or_create_stream(stream::Config {
+                name: PAIRS_STREAM.to_owned(),
+                subjects: vec!["im.pair.*.*".to_owned()],
+                max_messages_per_subject: per_subject(limits.pair_history),
+                discard: stream::DiscardPolicy::Old,
+                storage: stream::StorageType::File,
+                ..Default::default()
+            })
+            .await
+            .map_err(super::nats)?;
         let boxes = js
             .get_or_create_stream(stream::Config {
                 name: BOX_STREAM.to_owned(),
@@ -88,6 +112,7 @@ impl SharedLog {
         Ok(SharedLog {
             js,
             history,
+            pairs,
             boxes,
             limits,
         })
@@ -120,7 +145,7 @@ impl SharedLog {
             mid: i64::try_from(ack.sequence).map_err(other)?,
             ts_ms: entry.ts,
             from: entry.from,
-            to: to.to_owned(),
+            to: entry.to.unwrap_or_else(|| to.to_owned()),
             content: entry.content,
             typeu: entry.typeu,
             fp: entry.fp,
@@ -168,7 +193,7 @@ impl SharedLog {
                         mid: i64::try_from(seq).map_err(other)?,
                         ts_ms: entry.ts,
                         from: entry.from,
-                        to: to.to_owned(),
+                        to: entry.to.unwrap_or_else(|| to.to_owned()),
                         content: entry.content,
                         typeu: entry.typeu,
                         fp: entry.fp,
@@ -198,6 +223,7 @@ impl SharedLog {
         let entry = Logged {
             ts: ts_ms,
             from: from.to_owned(),
+            to: None,
             content: content.to_owned(),
             typeu,
             fp: fp.map(str::to_owned),
@@ -227,6 +253,54 @@ impl SharedLog {
         Ok((newest, more))
     }
 
+    /// Keeps a direct message of the pair `a`, `b` (sent by `from`) without waiting
+    /// for JetStream's answer; `on_error` hears of a failure.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn append_pair_detached(
+        self: &std::sync::Arc<Self>,
+        a: &str,
+        b: &str,
+        from: &str,
+        content: &str,
+        typeu: i32,
+        fp: Option<&str>,
+        ts_ms: i64,
+        on_error: impl FnOnce(StoreError) + Send + 'static,
+    ) {
+        let to = if from == a { b } else { a };
+        let entry = Logged {
+            ts: ts_ms,
+            from: from.to_owned(),
+            to: Some(to.to_owned()),
+            content: content.to_owned(),
+            typeu,
+            fp: fp.map(str::to_owned),
+        };
+        let (log, subject, to) = (self.clone(), pair_subject(a, b), to.to_owned());
+        tokio::spawn(async move {
+            if let Err(e) = log.publish(subject, &to, entry).await {
+                on_error(e);
+            }
+        });
+    }
+
+    /// As [`StoreHandle::pair_history`](crate::server::StoreHandle::pair_history): the
+    /// newest `limit` messages of the pair with `mid < before`, oldest first, and
+    /// whether older ones are left.
+    pub(crate) async fn pair_history(
+        &self,
+        a: &str,
+        b: &str,
+        before: Option<i64>,
+        limit: usize,
+    ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
+        let mut all = Self::scan(&self.pairs, pair_subject(a, b), b, 1).await?;
+        all.retain(|m| before.is_none_or(|x| m.mid < x));
+        let more = all.len() > limit;
+        let newest = all.split_off(all.len().saturating_sub(limit));
+        Ok((newest, more))
+    }
+
     /// As [`StoreHandle::offline_push`](crate::server::StoreHandle::offline_push).
     pub(crate) async fn offline_push(
         &self,
@@ -240,6 +314,7 @@ impl SharedLog {
         let entry = Logged {
             ts: ts_ms,
             from: from.to_owned(),
+            to: None,
             content: content.to_owned(),
             typeu,
             fp: fp.map(str::to_owned),

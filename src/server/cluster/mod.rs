@@ -10,7 +10,7 @@
 //! | which nodes are alive | key-value bucket `im_nodes`, max age = the lease: node → start time | each node rewrites its key every third of the lease, and deletes it on shutdown |
 //! | a message for a user on another node | request to `im.node.<id>.deliver`, answered `ok`, `offline` or `busy` | the sender's ACK waits for `ok` |
 //! | a kickout across nodes | `im.node.<id>.kick` with the user and the kicked session's `firstLoginTime` | |
-//! | room messages and member events | `im.room`, published by the node of the sender or of the member | every other node hands it to its own members of the room |
+//! | room messages, member events, messages stored in a box | `im.room`, published by the node of the sender or of the member | every other node hands it to its own members of the room, or to the box's user if online there |
 //! | a room's members on the other nodes | `im.room.members`, asked by the node answering a join or a members request | every live node answers with its own members |
 //!
 //! What holds across nodes:
@@ -34,16 +34,17 @@
 //!   once (each node hands it to its own members), and so do the events of members
 //!   joining, leaving, going online or offline.
 //!
-//! - **History and offline boxes are shared**: room history and each user's offline
-//!   box live in JetStream streams every node reads (`log`), so a message stored
-//!   through one node is delivered at a login on any node, and a room's message ids
-//!   agree everywhere.
+//! - **History and offline boxes are shared**: room history, direct history and each
+//!   user's offline box live in JetStream streams every node reads (`log`), so a
+//!   message stored through one node is delivered at a login on any node, and
+//!   message ids agree everywhere.
 //!
 //! - **Member lists span nodes**: a join's or a members request's list is gathered
 //!   from every live node (each answers within a fraction of a second, or is left
 //!   out).
 //!
-//! Not across nodes yet: direct history and private rooms stay in each node's store.
+//! Not across nodes yet: private rooms (created by the host through a node's
+//! `ServerHandle`) and their members stay in that node's store.
 
 mod log;
 
@@ -124,6 +125,13 @@ enum RoomCast {
         room: String,
         event: RoomReply,
     },
+    /// A message just stored in `user`'s offline box (`frame`: as the box delivers
+    /// it): the node the user turns out to be online on hands it over at once.
+    Stored {
+        origin: String,
+        user: String,
+        frame: String,
+    },
 }
 
 /// A question to every node: its members of `room`.
@@ -187,8 +195,8 @@ pub(crate) struct Cluster {
     /// Room traffic waiting for `run` to publish it, in the order it happened here.
     casts: tokio::sync::mpsc::UnboundedSender<RoomCast>,
     casts_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RoomCast>>>,
-    /// Room history and offline boxes, shared by every node.
-    pub log: SharedLog,
+    /// Room and direct history and offline boxes, shared by every node.
+    pub log: Arc<SharedLog>,
     pub stats: ClusterStats,
 }
 
@@ -259,7 +267,7 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let presence = bucket(&js, PRESENCE_BUCKET, Duration::ZERO).await?;
         let nodes = bucket(&js, NODES_BUCKET, config.lease).await?;
-        let log = SharedLog::open(js, limits).await?;
+        let log = Arc::new(SharedLog::open(js, limits).await?);
         let (casts, casts_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Cluster {
             client,
@@ -325,6 +333,17 @@ impl Cluster {
             origin: self.node_id().to_owned(),
             room: room.to_owned(),
             sender: sender.to_owned(),
+            frame: frame.to_json(),
+        });
+    }
+
+    /// A message stored in `user`'s offline box through this node, for the node the
+    /// user may be online on after all (a login racing the store, or a node this one
+    /// took for dead).
+    pub(crate) fn cast_stored(&self, user: &str, frame: &Frame) {
+        let _ = self.casts.send(RoomCast::Stored {
+            origin: self.node_id().to_owned(),
+            user: user.to_owned(),
             frame: frame.to_json(),
         });
     }
@@ -675,8 +694,32 @@ impl Cluster {
             return;
         };
         match cast {
-            RoomCast::Message { origin, .. } | RoomCast::Event { origin, .. }
+            RoomCast::Message { origin, .. }
+            | RoomCast::Event { origin, .. }
+            | RoomCast::Stored { origin, .. }
                 if origin == self.node_id() => {}
+            RoomCast::Stored { user, frame, .. } => {
+                self.stats
+                    .room_casts_received
+                    .fetch_add(1, Ordering::Relaxed);
+                let Ok(decoded) = Frame::decode(&frame) else {
+                    return;
+                };
+                let mut state = shared.lock();
+                // Handed over from the box already (by a login that read it).
+                let mid = decoded.mid.unwrap_or_default();
+                if !state.online.contains_key(&user)
+                    || !state.box_sent.entry(user.clone()).or_default().insert(mid)
+                {
+                    return;
+                }
+                if let Err(DeliverError::Refused(r)) =
+                    shared.deliver(&mut state, &user, &decoded, frame, None)
+                {
+                    // Left in the box for the next login.
+                    shared.metrics.reject(r);
+                }
+            }
             RoomCast::Message {
                 room,
                 sender,

@@ -79,7 +79,7 @@ impl Session {
                 tracing::warn!("direct history not stored: {e}");
             }
         };
-        shared.store.append_pair_detached(
+        shared.log().append_pair_detached(
             user,
             to,
             user,
@@ -369,6 +369,11 @@ impl Session {
                 ack.stored = true;
                 shared.lock().recent_acks.insert(user, fp, ack.clone());
                 self.push(&ack, ServerKind::Ack);
+                // The receiver may be online on another node after all.
+                #[cfg(feature = "cluster")]
+                if let Some(cluster) = shared.cluster.get() {
+                    cluster.cast_stored(to, &offline_frame(to, m));
+                }
             }
             Err(StoreError::BoxFull { .. }) => {
                 shared.metrics.reject(RejectReason::OfflineBoxFull);
@@ -396,6 +401,16 @@ impl Session {
         };
         let mut state = shared.lock();
         for m in waiting {
+            #[cfg(feature = "cluster")]
+            if shared.cluster.get().is_some()
+                && !state
+                    .box_sent
+                    .entry(user.to_owned())
+                    .or_default()
+                    .insert(m.mid)
+            {
+                continue;
+            }
             let frame = offline_frame(user, m);
             let text = frame.to_json();
             if let Err(DeliverError::Refused(r)) = shared.deliver(
@@ -465,7 +480,7 @@ impl Session {
             }
             (None, Some(peer)) => {
                 shared
-                    .store
+                    .log()
                     .pair_history(user, peer, request.before, limit)
                     .await
             }

@@ -106,6 +106,8 @@ impl Drop for SessionCleanup {
                     .push_back(HookCall::Logout(user.clone(), self.end));
                 if !state.online.contains_key(&user) {
                     state.user_buckets.remove(&user);
+                    #[cfg(feature = "cluster")]
+                    state.box_sent.remove(&user);
                     let notices = if self.end == LogoutReason::Logout {
                         state.rooms.logged_out(&user)
                     } else {
