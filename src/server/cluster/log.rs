@@ -48,6 +48,19 @@ fn hex(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Of `all` (oldest first), the newest `limit` with `mid < before`, oldest first, and
+/// whether older ones are left: a history page.
+fn page_before(
+    mut all: Vec<StoredMessage>,
+    before: Option<i64>,
+    limit: usize,
+) -> (Vec<StoredMessage>, bool) {
+    all.retain(|m| before.is_none_or(|b| m.mid < b));
+    let more = all.len() > limit;
+    let newest = all.split_off(all.len().saturating_sub(limit));
+    (newest, more)
+}
+
 /// The subject of the pair `a`, `b`, the same either way round.
 fn pair_subject(a: &str, b: &str) -> String {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
@@ -245,12 +258,8 @@ impl SharedLog {
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
         let from = after.map_or(1, |a| u64::try_from(a.saturating_add(1)).unwrap_or(1));
         let to = crate::protocol::room_address(room);
-        let mut all =
-            Self::scan(&self.history, format!("im.hist.{}", hex(room)), &to, from).await?;
-        all.retain(|m| before.is_none_or(|b| m.mid < b));
-        let more = all.len() > limit;
-        let newest = all.split_off(all.len().saturating_sub(limit));
-        Ok((newest, more))
+        let all = Self::scan(&self.history, format!("im.hist.{}", hex(room)), &to, from).await?;
+        Ok(page_before(all, before, limit))
     }
 
     /// Keeps a direct message of the pair `a`, `b` (sent by `from`) without waiting
@@ -294,11 +303,8 @@ impl SharedLog {
         before: Option<i64>,
         limit: usize,
     ) -> Result<(Vec<StoredMessage>, bool), StoreError> {
-        let mut all = Self::scan(&self.pairs, pair_subject(a, b), b, 1).await?;
-        all.retain(|m| before.is_none_or(|x| m.mid < x));
-        let more = all.len() > limit;
-        let newest = all.split_off(all.len().saturating_sub(limit));
-        Ok((newest, more))
+        let all = Self::scan(&self.pairs, pair_subject(a, b), b, 1).await?;
+        Ok(page_before(all, before, limit))
     }
 
     /// As [`StoreHandle::offline_push`](crate::server::StoreHandle::offline_push).
