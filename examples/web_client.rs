@@ -1,6 +1,6 @@
 //! `ImClientPlugin` in a browser page (wasm32 only): logs in, sends what the page asks
 //! for, and reports everything it saw as JSON in `window.imReport`. People watch it in
-//! the page; the browser test (`tests/browser.rs`) reads the report through the
+//! the page; the browser test (`tests/it/browser.rs`) reads the report through the
 //! DevTools Protocol.
 //!
 //! ```text

@@ -1,7 +1,7 @@
 //! The chat lobby's game logic, with no rendering: avatars for the room's members,
 //! the local player's movement, positions as small room messages without QoS
 //! (sent only while moving), their smoothing on the other side, and bots that walk
-//! and chat. `examples/chat_lobby.rs` draws it; `tests/chat_lobby.rs` runs it
+//! and chat. `examples/chat_lobby.rs` draws it; `tests/it/chat_lobby.rs` runs it
 //! headless (both include this file with `#[path]`).
 //!
 //! It uses only `bevy_im`'s public client API.

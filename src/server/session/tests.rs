@@ -604,7 +604,7 @@ fn lost(log: &LostLog) -> Vec<(String, Option<String>)> {
     log.iter().map(|(u, f)| (u.clone(), f.fp.clone())).collect()
 }
 
-/// `ServerHandle::push` on the clock (the socket test in `tests/server_extensions.rs`
+/// `ServerHandle::push` on the clock (the socket test in `tests/it/server_extensions.rs`
 /// checks only its wiring): a QoS push is written at once, resent once at exactly
 /// 5 s, given up at exactly 10 s and reported to `on_s2c_lost` once; an ACK, at once
 /// or after the resend, stops it.
@@ -691,7 +691,7 @@ async fn a_qos_push_is_resent_at_5_s_lost_at_10_s_and_reported_once_unless_acked
 }
 
 /// Scenario 02 of the capture on the clock, upstream's rules (no social extension),
-/// default timings; the socket version is `tests/server_upstream.rs`
+/// default timings; the socket version is `tests/it/server_upstream.rs`
 /// (`s2c_qos_resend_and_loss_02`). A relayed message never ACKed: the sender gets one
 /// relay ACK, the receiver the frame at 0 and 5 s, the host its loss at 10 s, once.
 #[tokio::test(start_paused = true)]
@@ -793,7 +793,7 @@ async fn next_message(
     }
 }
 
-/// The twin of `tests/server_reliability.rs` (`a_socket_that_never_logs_in_...`) on
+/// The twin of `tests/it/server_reliability.rs` (`a_socket_that_never_logs_in_...`) on
 /// the clock: echoes every 3 s keep the read timeout (11 s) away, but a socket that
 /// has not logged in is closed at exactly the login timeout (10 s) after the
 /// upgrade, with 1008. (A login waits for the store on its own thread, which would

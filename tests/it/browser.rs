@@ -8,16 +8,13 @@
 //! builds the page and runs them:
 //!
 //! ```text
-//! BEVY_IM_WEB_DIR=target/web cargo test --all-features --test browser -- --ignored
+//! BEVY_IM_WEB_DIR=target/web cargo test --all-features --test it -- --ignored browser::
 //! ```
 //!
 //! `BEVY_IM_WEB_DIR` holds `index.html`, `web_client.js` and `web_client_bg.wasm`;
 //! `CHROMIUM` names the browser (default `/usr/bin/chromium`); `BEVY_IM_HIDDEN_SECS`
 //! how long the tab stays hidden (default 600).
 #![cfg(all(unix, feature = "server"))]
-
-#[path = "support/server.rs"]
-mod support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -27,11 +24,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::Recorder;
 use bevy_im::protocol::{Dialect, Frame, ServerKind};
 use bevy_im::server::{RunningServer, ServerConfig, spawn_background};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use support::Recorder;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -403,7 +400,7 @@ struct Bot {
 
 impl Bot {
     async fn start(url: &str, user: &str, echo: bool) -> Bot {
-        let mut client = support::logged_in(url, user).await;
+        let mut client = crate::support::logged_in(url, user).await;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let deaf = Arc::new(AtomicBool::new(false));
         let (out, mut rx) = mpsc::unbounded_channel::<Frame>();
@@ -415,7 +412,7 @@ impl Bot {
                     _ = keepalive.tick() => client.send(&Frame::keepalive(&me)).await,
                     Some(frame) = rx.recv() => client.send(&frame).await,
                     event = client.next_event_within(Duration::from_secs(3600)) => {
-                        let Some(support::Event::Text(text)) = event else {
+                        let Some(crate::support::Event::Text(text)) = event else {
                             s.lock().unwrap().closed = true;
                             return;
                         };

@@ -1,6 +1,12 @@
-//! A test client for the reference server, built from tokio-tungstenite directly (not
-//! from the plugin), plus recording hooks. Included by the `server_*` tests.
+//! What several test modules share: a test client for the reference server, built
+//! from tokio-tungstenite directly (not from the plugin), recording hooks, and in
+//! submodules a fault-injecting proxy and a `nats-server` for the cluster tests.
 #![allow(dead_code)]
+
+#[cfg(feature = "cluster")]
+pub mod nats;
+#[cfg(feature = "testing")]
+pub mod proxy;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,16 +1,13 @@
 //! The `im-server` binary: it starts from its command line, serves, exposes metrics,
 //! and shuts down cleanly on SIGTERM.
-#![cfg(unix)]
-
-#[path = "support/server.rs"]
-mod support;
+#![cfg(all(unix, feature = "server"))]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{logged_in, raw_exchange};
 use bevy_im::protocol::Frame;
-use support::{logged_in, raw_exchange};
 
 #[test]
 fn im_server_serves_and_stops_on_sigterm() {
@@ -140,8 +137,11 @@ fn start_on_store(store: &std::path::Path) -> (std::process::Child, String) {
 #[test]
 fn what_was_acked_as_stored_survives_kill_9_of_the_binary() {
     use bevy_im::protocol::{RoomOp, RoomReply, RoomRequest, decode_body};
-    let store = std::env::temp_dir().join(format!("bevy_im-kill9-{}.db", std::process::id()));
-    let _ = std::fs::remove_file(&store);
+    let dir = tempfile::Builder::new()
+        .prefix("bevy_im-kill9-")
+        .tempdir()
+        .expect("a temporary folder");
+    let store = dir.path().join("im.db");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -204,7 +204,4 @@ fn what_was_acked_as_stored_survives_kill_9_of_the_binary() {
     });
     child.kill().unwrap();
     child.wait().unwrap();
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", store.display()));
-    }
 }

@@ -8,18 +8,13 @@
 //! sets it).
 #![cfg(all(unix, feature = "cluster"))]
 
-#[path = "support/nats.rs"]
-mod nats;
-#[path = "support/server.rs"]
-mod support;
-
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::support::nats::Nats;
+use crate::support::{Client, Event, Recorder, eventually, eventually_within, logged_in};
 use bevy_im::protocol::{Dialect, Frame, ServerKind};
 use bevy_im::server::{ClusterConfig, ServerConfig, ServerHandle};
-use nats::Nats;
-use support::{Client, Event, Recorder, eventually, eventually_within, logged_in};
 
 const DIALECT: Dialect = Dialect::Seed;
 
@@ -31,12 +26,12 @@ fn node_config(nats: &Nats, id: &str) -> ServerConfig {
         // The raw test clients send no keepalives.
         read_timeout: Duration::from_secs(30),
         cluster: Some(cluster),
-        ..support::config(DIALECT)
+        ..crate::support::config(DIALECT)
     }
 }
 
 async fn node(nats: &Nats, id: &str) -> ServerHandle {
-    support::start(node_config(nats, id), Recorder::new()).await
+    crate::support::start(node_config(nats, id), Recorder::new()).await
 }
 
 fn ack_type() -> i32 {

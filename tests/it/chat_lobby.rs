@@ -7,15 +7,12 @@
 //! Only I/O takes real time; every wait is bounded.
 #![cfg(all(feature = "server", not(target_arch = "wasm32")))]
 
-// `src/ui/chat.rs` reaches the client API as `crate::prelude`.
-use bevy_im::prelude;
-
 #[allow(dead_code)]
-#[path = "../src/ui/chat.rs"]
+#[path = "../../src/ui/chat.rs"]
 mod chat;
 
 #[allow(dead_code)]
-#[path = "../examples/chat_lobby/game.rs"]
+#[path = "../../examples/chat_lobby/game.rs"]
 mod game;
 
 use std::net::SocketAddr;

@@ -9,20 +9,18 @@
 //! text it cannot read without a word, ours first answers (a login reply or an error
 //! frame of code 4). The replayer collects those answers, and each test names exactly
 //! the ones it expects.
-
-#[path = "support/server.rs"]
-mod support;
+#![cfg(feature = "server")]
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::support::{Client, Event, Recorder, WAIT, config, logged_in, raw_exchange, start};
 use bevy_im::protocol::{Dialect, ErrorResponse, Frame, LoginResponse, decode_body};
 use bevy_im::server::{AcceptAll, RejectReason, ServerConfig, ServerHandle};
 use futures_util::SinkExt;
 use futures_util::StreamExt;
 use serde_json::Value;
-use support::{Client, Event, Recorder, WAIT, config, logged_in, raw_exchange, start};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
@@ -652,7 +650,7 @@ async fn s2c_qos_resend_and_loss_02() {
         let gap = sent.elapsed();
         assert_eq!(second, first, "the resend is the same frame");
         assert!(gap >= resend_after, "resent after {gap:?}");
-        support::eventually("the loss", || !hooks.lost.lock().unwrap().is_empty()).await;
+        crate::support::eventually("the loss", || !hooks.lost.lock().unwrap().is_empty()).await;
         {
             let lost = hooks.lost.lock().unwrap();
             assert_eq!(lost.len(), 1);

@@ -3,14 +3,11 @@
 //! under racing logins. Real sockets on 127.0.0.1, bounded waits.
 #![cfg(all(feature = "server", not(target_arch = "wasm32")))]
 
-#[path = "support/server.rs"]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Client, Event, Recorder, WAIT, config, logged_in, start};
 use bevy_im::protocol::{Dialect, Frame};
 use bevy_im::server::{AcceptAll, PushError, RejectReason, S2cQosConfig, ServerConfig};
-use support::{Client, Event, Recorder, WAIT, config, logged_in, start};
 
 fn v6() -> ServerConfig {
     config(Dialect::MobileImSdkV6)
@@ -130,15 +127,15 @@ async fn every_login_hook_precedes_its_logout_hook_under_racing_logins() {
     let server = start(v6(), hooks.clone()).await;
     let url = server.url();
     let mut first = Client::connect(&url).await;
-    first.send(&support::login("alice", 0)).await;
-    support::eventually("the first login's hook to start", || {
+    first.send(&crate::support::login("alice", 0)).await;
+    crate::support::eventually("the first login's hook to start", || {
         hooks.login_gate.lock().unwrap().is_none()
     })
     .await;
     let mut second = Client::connect(&url).await;
     second.login("alice").await;
     open_gate.send(()).unwrap();
-    support::eventually("three hook calls", || hooks.events().len() >= 3).await;
+    crate::support::eventually("three hook calls", || hooks.events().len() >= 3).await;
     let calls: Vec<String> = hooks
         .events()
         .into_iter()
@@ -176,7 +173,7 @@ async fn slow_handshakes_are_bounded_others_wait_their_turn_and_logged_in_users_
         tcp.write_all(b"G").await.unwrap();
         slow.push(tcp);
     }
-    support::eventually("both slow connections accepted", || {
+    crate::support::eventually("both slow connections accepted", || {
         server.metrics().connections_open == 3
     })
     .await;

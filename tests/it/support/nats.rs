@@ -1,5 +1,5 @@
 //! A `nats-server` with JetStream for one test: a free port on 127.0.0.1, a
-//! temporary store folder, killed on drop. Included by the cluster tests.
+//! temporary store folder, killed on drop. Used by the cluster tests.
 #![allow(dead_code)]
 
 use std::net::TcpStream;

@@ -4,12 +4,10 @@
 //! survives a restart on the same store file.
 #![cfg(all(feature = "server", not(target_arch = "wasm32")))]
 
-#[path = "support/server.rs"]
-mod support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{Client, WAIT, config, logged_in, start};
 use bevy_im::protocol::{
     Dialect, ErrorResponse, Frame, LoginResponse, RoomOp, RoomReply, RoomRequest, decode_body,
     room_code,
@@ -17,7 +15,6 @@ use bevy_im::protocol::{
 use bevy_im::server::{
     AcceptAll, Moderation, RejectReason, RoomsConfig, ServerConfig, ServerHooks, StorePath,
 };
-use support::{Client, WAIT, config, logged_in, start};
 
 fn rooms_config() -> ServerConfig {
     config(Dialect::MobileImSdkV6)
@@ -442,19 +439,20 @@ async fn a_message_to_an_offline_user_is_stored_and_delivered_at_login() {
     server.shutdown().await;
 }
 
-fn temp_store(name: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "bevy_im-{name}-{}-{:?}.db",
-        std::process::id(),
-        std::time::SystemTime::now()
-    ));
-    let _ = std::fs::remove_file(&path);
-    path
+/// A store file in a folder of its own, removed with SQLite's `-wal` and `-shm` files
+/// when the returned guard drops (a failing test's too).
+fn temp_store() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::Builder::new()
+        .prefix("bevy_im-store-")
+        .tempdir()
+        .expect("a temporary folder");
+    let path = dir.path().join("im.db");
+    (dir, path)
 }
 
 #[tokio::test]
 async fn history_offline_messages_and_private_rooms_survive_a_restart() {
-    let path = temp_store("restart");
+    let (_dir, path) = temp_store();
     let mut config = rooms_config();
     config.store = StorePath::File(path.clone());
     let server = start(config.clone(), Arc::new(Host)).await;
@@ -501,8 +499,6 @@ async fn history_offline_messages_and_private_rooms_survive_a_restart() {
         .await;
     assert_eq!(bob.recv().await.mid, Some(2));
     server.shutdown().await;
-    let _ = std::fs::remove_file(&path);
-    let _ = tokio::time::timeout(WAIT, async {}).await;
 }
 
 #[tokio::test]
@@ -705,7 +701,7 @@ fn mend_store_writes(conn: rusqlite::Connection) {
 
 #[tokio::test]
 async fn a_store_that_cannot_be_written_gets_the_sender_a_500_and_no_ack_and_the_server_goes_on() {
-    let path = temp_store("unwritable");
+    let (_dir, path) = temp_store();
     let mut config = rooms_config();
     config.store = StorePath::File(path.clone());
     let server = start(config, AcceptAll).await;
@@ -759,9 +755,4 @@ async fn a_store_that_cannot_be_written_gets_the_sender_a_500_and_no_ack_and_the
     let mut carol = logged_in(&url, "carol").await;
     assert_eq!(carol.recv().await.content(), "later");
     server.shutdown().await;
-    for end in ["", "-wal", "-shm"] {
-        let mut file = path.clone().into_os_string();
-        file.push(end);
-        let _ = std::fs::remove_file(file);
-    }
 }

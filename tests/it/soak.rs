@@ -22,20 +22,17 @@
 //! - most messages are delivered and received (a run that loses everything fails).
 #![cfg(all(unix, feature = "server", feature = "testing"))]
 
-#[path = "support/proxy.rs"]
-mod proxy;
-
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::proxy::Proxy;
 use bevy::time::TimeUpdateStrategy;
 use bevy_im::client::SenseMode;
 use bevy_im::prelude::*;
 use bevy_im::testing::ImTestApp;
-use proxy::Proxy;
 
 /// The server's process, killed when dropped (a failing test leaves none behind).
 struct ServerProcess(Child);
@@ -215,13 +212,12 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn soak(messages: usize, players: usize, limit: Duration, ack_on_receipt: bool) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let store = std::env::temp_dir().join(format!(
-        "bevy_im-soak-{}-{ack_on_receipt}.db",
-        std::process::id()
-    ));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", store.display()));
-    }
+    // Removed with SQLite's -wal and -shm files when the soak ends, a failing one too.
+    let dir = tempfile::Builder::new()
+        .prefix("bevy_im-soak-")
+        .tempdir()
+        .expect("a temporary folder");
+    let store = dir.path().join("im.db");
     let (mut server, addr) = start_server(&store, "127.0.0.1:0", ack_on_receipt);
     let proxies: Vec<Proxy> = (0..players).map(|_| Proxy::start(addr)).collect();
     let names: Vec<String> = (0..players).map(|i| format!("p{i}")).collect();
@@ -400,9 +396,6 @@ fn soak(messages: usize, players: usize, limit: Duration, ack_on_receipt: bool) 
     drop(ps);
     drop(proxies);
     drop(server);
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", store.display()));
-    }
 }
 
 fn report(ps: &[Player]) -> String {
@@ -444,7 +437,7 @@ fn with_ack_on_receipt_every_acked_message_is_received_through_a_kill_9() {
 }
 
 /// The long variant, by hand: `cargo test --release --features server,testing --test
-/// soak -- --ignored --nocapture`.
+/// it -- --ignored --nocapture soak::`.
 #[test]
 #[ignore = "long: 100,000 messages"]
 fn a_hundred_thousand_messages_through_repeated_faults() {

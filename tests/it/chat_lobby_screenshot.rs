@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! CHAT_LOBBY_SCREENSHOT=target/chat_lobby_check/shot.png \
-//!     cargo test --all-features --test chat_lobby_screenshot -- --ignored
+//!     cargo test --all-features --test it -- --ignored chat_lobby_screenshot::
 //! ```
 #![cfg(feature = "ui")]
 

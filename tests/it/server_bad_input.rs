@@ -1,15 +1,13 @@
 //! The reference server on odd input from real sockets (issue 16): values of the
 //! wrong JSON type are coerced as upstream coerces them, lone UTF-16 surrogate escapes
 //! are read as U+FFFD, and what cannot be read is answered before the close.
-
-#[path = "support/server.rs"]
-mod support;
+#![cfg(feature = "server")]
 
 use std::time::Duration;
 
+use crate::support::{Client, Recorder, config, eventually, logged_in, start};
 use bevy_im::protocol::{Dialect, ErrorResponse, Frame, LoginResponse, decode_body};
 use bevy_im::server::{ERROR_INVALID_FRAME, LogoutReason, RejectReason, ServerConfig};
-use support::{Client, Recorder, config, eventually, logged_in, start};
 
 const BOUND: Duration = Duration::from_secs(20);
 

@@ -1,13 +1,14 @@
 //! Where the reference server differs from upstream on purpose (DESIGN.md §5–§6),
 //! and the host program's API: each difference, hooks, push and kick, limits,
 //! shutdown, metrics, TLS and the background runner.
-
-#[path = "support/server.rs"]
-mod support;
+#![cfg(feature = "server")]
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{
+    Client, Event, Recorder, config, eventually, eventually_within, logged_in, raw_exchange, start,
+};
 use bevy_im::protocol::{
     Dialect, ErrorResponse, Frame, KickoutInfo, LoginInfo, LoginResponse, decode_body,
 };
@@ -16,9 +17,6 @@ use bevy_im::server::{
     RateLimit, RejectReason, ServerConfig, TlsConfig, spawn_background,
 };
 use futures_util::SinkExt;
-use support::{
-    Client, Event, Recorder, config, eventually, eventually_within, logged_in, raw_exchange, start,
-};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
@@ -442,7 +440,7 @@ async fn login_hook_sees_token_extra_and_app_and_can_refuse() {
             .await;
         assert_eq!(alice.recv().await.ty, 50);
         let mut mallory = Client::connect(&h.url()).await;
-        mallory.send(&support::login("mallory", 0)).await;
+        mallory.send(&crate::support::login("mallory", 0)).await;
         let reply = mallory.recv().await;
         assert_eq!(reply.to_id(), "-1");
         let body: LoginResponse = decode_body(reply.data_content.as_deref()).unwrap();
@@ -820,7 +818,7 @@ async fn nobody_logs_in_as_the_server() {
     bounded(async {
         let h = start(v6(), AcceptAll).await;
         let mut c = Client::connect(&h.url()).await;
-        c.send(&support::login("0", 0)).await;
+        c.send(&crate::support::login("0", 0)).await;
         // A failed login reply (code 4, to "-1"), then the close.
         assert_eq!(
             c.recv_text().await,
