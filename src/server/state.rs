@@ -590,8 +590,18 @@ impl Shared {
         let mut state = self.lock();
         state.recent_acks.insert(sender, fp, ack.clone());
         // A sender that is away resends after its re-login and gets the ACK then.
-        if let Err(DeliverError::Refused(r)) = self.deliver(&mut state, sender, &ack, text, None) {
-            self.metrics.reject(r);
+        match self.deliver(&mut state, sender, &ack, text, None) {
+            Ok(()) => {}
+            Err(DeliverError::Refused(r)) => self.metrics.reject(r),
+            Err(DeliverError::NotOnline) => {
+                // Online on another node: the ACK goes back there.
+                #[cfg(feature = "cluster")]
+                if let Some(cluster) = self.cluster.get()
+                    && let Some(node) = cluster.route(sender)
+                {
+                    cluster.pass_receipt(node, ack.to_json());
+                }
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! Several `im-server` nodes sharing users over one NATS server (feature `cluster`):
 //! direct messages across nodes with QoS, a login on another node kicking the first,
-//! a node killed (`kill -9`) letting its users go within its lease, NATS itself
+//! a node killed (`kill -9`) letting its users go within its lease and, with ACK on
+//! receipt, losing nothing that was ACKed, NATS itself
 //! restarted under a message in flight, a room with members on two nodes, and
 //! offline boxes and room history shared by the nodes. Each test starts its own `nats-server` (a
 //! free port, a temporary JetStream folder) and stops it; without `nats-server`
@@ -173,6 +174,11 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(nats: &Nats, id: &str) -> NodeProcess {
+        Self::start_with(nats, id, &[])
+    }
+
+    /// A node with more `im-server` flags.
+    fn start_with(nats: &Nats, id: &str, flags: &[&str]) -> NodeProcess {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -188,6 +194,7 @@ impl NodeProcess {
                 "--cluster-lease",
                 "1",
             ])
+            .args(flags)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -278,6 +285,90 @@ async fn a_killed_node_lets_its_users_go_within_its_lease() {
         (got.from_id(), got.content()),
         ("alice", "while a was down")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_ack_on_receipt_a_killed_receiving_node_loses_nothing_that_was_acked() {
+    let Some(nats) = Nats::start() else { return };
+    let a = crate::support::start(
+        ServerConfig {
+            ack_on_receipt: true,
+            ..node_config(&nats, "a")
+        },
+        Recorder::new(),
+    )
+    .await;
+    let mut b = NodeProcess::start_with(&nats, "b", &["--ack-on-receipt"]);
+    let mut alice = logged_in(&a.url(), "alice").await;
+    let mut bob = b.logged_in("bob").await;
+    eventually("a sees bob on b", || {
+        a.node_of("bob").as_deref() == Some("b")
+    })
+    .await;
+
+    let messages: Vec<Frame> = (1..=6)
+        .map(|i| Frame::data("alice", "bob", format!("m{i}"), true, None, 0))
+        .collect();
+    for m in &messages {
+        alice.send(m).await;
+    }
+    // Bob's client gets all six and ACKs the first three only.
+    let mut received = Vec::new();
+    for _ in 0..6 {
+        received.push(next_frame(&mut bob).await);
+    }
+    for got in &received[..3] {
+        bob.send(&Frame::ack_of(got).unwrap()).await;
+    }
+    // Alice's ACKs are bob's: exactly the three he sent, from his node.
+    let fps: Vec<String> = messages.iter().map(|m| m.fp.clone().unwrap()).collect();
+    let mut acked = Vec::new();
+    while let Some(Event::Text(text)) = alice.next_event_within(Duration::from_secs(1)).await {
+        let ack = Frame::decode(&text).unwrap();
+        assert_eq!(ack.ty, ack_type(), "{text}");
+        acked.push(ack.content().to_owned());
+    }
+    acked.sort();
+    let mut first_three = fps[..3].to_vec();
+    first_three.sort();
+    assert_eq!(acked, first_three, "only what bob ACKed is ACKed to alice");
+    // A resend of one whose ACK alice missed is ACKed again, not handed over again.
+    alice.send(&messages[0]).await;
+    let again = next_frame(&mut alice).await;
+    assert_eq!((again.ty, again.content()), (ack_type(), fps[0].as_str()));
+    assert_eq!(
+        bob.next_event_within(Duration::from_millis(300)).await,
+        None
+    );
+
+    // Node b dies with m4..m6 handed to bob but not ACKed by him.
+    b.kill();
+    drop(bob);
+    let mut bob = logged_in(&a.url(), "bob").await;
+    // Alice's QoS resends the three still unACKed; bob, now on a, gets them.
+    for m in &messages[3..] {
+        alice.send(m).await;
+    }
+    let mut later = Vec::new();
+    for _ in 0..3 {
+        let got = next_frame(&mut bob).await;
+        bob.send(&Frame::ack_of(&got).unwrap()).await;
+        later.push(got.content().to_owned());
+    }
+    later.sort();
+    assert_eq!(later, ["m4", "m5", "m6"]);
+    let mut acked = Vec::new();
+    for _ in 0..3 {
+        let ack = next_frame(&mut alice).await;
+        assert_eq!(ack.ty, ack_type());
+        acked.push(ack.content().to_owned());
+    }
+    acked.sort();
+    let mut last_three = fps[3..].to_vec();
+    last_three.sort();
+    assert_eq!(acked, last_three);
+    let c = a.metrics().cluster.expect("a node's metrics");
+    assert!(c.received >= 3, "bob's receipts came to a: {c:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,18 +8,21 @@
 //! |---|---|---|
 //! | where each user is online | key-value bucket `im_presence`: user → `{"node","t"}` | a login claims its user's key by compare-and-set; every node watches the bucket |
 //! | which nodes are alive | key-value bucket `im_nodes`, max age = the lease: node → start time | each node rewrites its key every third of the lease, and deletes it on shutdown |
-//! | a message for a user on another node | request to `im.node.<id>.deliver`, answered `ok`, `offline` or `busy` | the sender's ACK waits for `ok` |
+//! | a message for a user on another node | request to `im.node.<id>.deliver`, answered `ok`, `receipt`, `acked`, `offline` or `busy` | the sender's ACK waits for `ok` or `acked`; after `receipt`, for the receiver's ACK, which comes back the same way |
 //! | a kickout across nodes | `im.node.<id>.kick` with the user and the kicked session's `firstLoginTime` | |
 //! | room messages, member events, messages stored in a box | `im.room`, published by the node of the sender or of the member | every other node hands it to its own members of the room, or to the box's user if online there |
 //! | a room's members on the other nodes | `im.room.members`, asked by the node answering a join or a members request | every live node answers with its own members |
 //!
 //! What holds across nodes:
 //! - **Direct messages keep their QoS end to end.** The sender's ACK means the
-//!   receiving node accepted the message and runs its server-to-client QoS (with
-//!   `ack_on_receipt`, only within a node: across nodes the ACK is the receiving
-//!   node's acceptance). Without an answer in `request_timeout` (the node died, NATS
-//!   is down) the sender gets no ACK and resends, or reports the message lost: it
-//!   is never ACKed and dropped.
+//!   receiving node accepted the message and runs its server-to-client QoS. With
+//!   `ack_on_receipt` on the receiving node, it means what it means on one node:
+//!   the receiver's client ACKed the message; that node answers `receipt`, and the
+//!   receiver's ACK crosses back to the sender's node, so a receiving node killed
+//!   with messages not yet ACKed loses none that its senders saw ACKed (they resend,
+//!   and the receiver, logged in elsewhere, gets them). Without an answer in
+//!   `request_timeout` (the node died, NATS is down) the sender gets no ACK and
+//!   resends, or reports the message lost: it is never ACKed and dropped.
 //! - **One session per user**: a login on node B of a user online on node A follows
 //!   the single node's `firstLoginTime` rule (a fresh or newer login wins and the
 //!   other is kicked; an older one is kicked itself).
@@ -61,6 +64,7 @@ use tokio::time::Instant;
 pub(crate) use log::SharedLog;
 
 use super::config::ClusterConfig;
+use super::metrics::Metrics;
 use super::state::{Command, DeliverError, Shared};
 use super::store::StoreConfig;
 use crate::protocol::{Frame, KickoutCode, Member, RoomReply};
@@ -144,8 +148,15 @@ struct MembersQuery {
 /// What another node answered to a forwarded message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Forwarded {
-    /// Handed to the receiver's socket, with its server-to-client QoS running there.
+    /// Handed to the receiver's socket, with its server-to-client QoS running there:
+    /// the sender's ACK is due now.
     Accepted,
+    /// Handed over as with `Accepted`, on a node with `ack_on_receipt`: the
+    /// receiver's own ACK comes back to the sender's node later, as a frame.
+    Receipt,
+    /// A resend of a message the receiver ACKed already: the sender's ACK is due
+    /// now, and nothing was handed over again.
+    Acked,
     /// The receiver is not online there (any more).
     Offline,
     /// The receiver's queue or pending table is full there.
@@ -449,6 +460,8 @@ impl Cluster {
         self.stats.forward_rtt_us.fetch_add(rtt, Ordering::Relaxed);
         match &answer.payload[..] {
             b"ok" => Ok(Forwarded::Accepted),
+            b"receipt" => Ok(Forwarded::Receipt),
+            b"acked" => Ok(Forwarded::Acked),
             b"offline" => Ok(Forwarded::Offline),
             b"busy" => Ok(Forwarded::Busy),
             other => Err(ClusterError::Corrupt(format!(
@@ -456,6 +469,18 @@ impl Cluster {
                 String::from_utf8_lossy(other)
             ))),
         }
+    }
+
+    /// Sends a receiver's ACK (`text`, encoded) to the sender's `node`, in the
+    /// background. If it does not get there (the node died, NATS is away), the
+    /// sender resends, and the resend is answered `acked` here.
+    pub(crate) fn pass_receipt(self: &Arc<Self>, node: String, text: String) {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = cluster.forward(&node, text).await {
+                tracing::debug!(%node, "cluster: a receipt did not get through: {e}");
+            }
+        });
     }
 
     /// Claims `user` for this node's session with `firstLoginTime` `t` (`fresh`: the
@@ -645,8 +670,22 @@ impl Cluster {
         let Some(to) = frame.to.clone() else {
             return "bad";
         };
+        // With ACK on receipt here, the sender's ACK is its receiver's, sent back
+        // when it comes (`Shared::receipt`); a resend after that is answered at once.
+        let receipt = shared.config.ack_on_receipt
+            && frame.qos
+            && frame.from_id() != crate::protocol::SERVER_ID
+            && !to.starts_with(crate::protocol::ROOM_PREFIX);
         let mut state = shared.lock();
+        if receipt
+            && let Some(fp) = frame.fp.as_deref()
+            && state.recent_acks.get(frame.from_id(), fp).is_some()
+        {
+            Metrics::inc(&shared.metrics.c2s_duplicates);
+            return "acked";
+        }
         match shared.deliver(&mut state, &to, &frame, text.to_owned(), None) {
+            Ok(()) if receipt => "receipt",
             Ok(()) => "ok",
             Err(DeliverError::NotOnline) => "offline",
             Err(DeliverError::Refused(reason)) => {

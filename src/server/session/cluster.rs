@@ -33,8 +33,9 @@ impl Session {
     }
 
     /// A message for a user online on `node`: forwarded, and ACKed to its sender once
-    /// that node accepted it. Without an answer the sender gets no ACK and resends;
-    /// a receiver gone from there meanwhile takes the offline path here.
+    /// that node accepted it, or (`ack_on_receipt` there) once the receiver ACKed it.
+    /// Without an answer the sender gets no ACK and resends; a receiver gone from
+    /// there meanwhile takes the offline path here.
     pub(super) async fn forward(&mut self, user: &str, node: &str, to: String, frame: Frame) {
         let shared = self.shared.clone();
         let Some(cluster) = shared.cluster.get().cloned() else {
@@ -47,6 +48,14 @@ impl Session {
         match cluster.forward(node, text).await {
             Ok(Forwarded::Accepted) => {
                 self.keep_pair_history(user, &to, &frame);
+                if let Some(fp) = &qos_fp {
+                    let ack = Frame::server_ack(self.dialect(), &to, user, fp);
+                    self.push(&ack, ServerKind::Ack);
+                }
+            }
+            // The receiver's own ACK comes back from there.
+            Ok(Forwarded::Receipt) => self.keep_pair_history(user, &to, &frame),
+            Ok(Forwarded::Acked) => {
                 if let Some(fp) = &qos_fp {
                     let ack = Frame::server_ack(self.dialect(), &to, user, fp);
                     self.push(&ack, ServerKind::Ack);
