@@ -1,7 +1,8 @@
 //! Several `im-server` nodes sharing users over one NATS server (feature `cluster`):
 //! direct messages across nodes with QoS, a login on another node kicking the first,
 //! a node killed (`kill -9`) letting its users go within its lease and, with ACK on
-//! receipt, losing nothing that was ACKed, NATS itself
+//! receipt, losing nothing that was ACKed, a node cut off from NATS past its lease
+//! handing over what was stored for its users meanwhile, NATS itself
 //! restarted under a message in flight, a room with members on two nodes, and
 //! offline boxes and room history shared by the nodes. Each test starts its own `nats-server` (a
 //! free port, a temporary JetStream folder) and stops it; without `nats-server`
@@ -13,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::support::nats::Nats;
+use crate::support::proxy::Proxy;
 use crate::support::{Client, Event, Recorder, eventually, eventually_within, logged_in};
 use bevy_im::protocol::{Dialect, Frame, ServerKind};
 use bevy_im::server::{ClusterConfig, ServerConfig, ServerHandle};
@@ -417,6 +419,70 @@ async fn a_message_in_flight_while_nats_restarts_is_never_acked_unless_delivered
     }
     let got = next_frame(&mut bob).await;
     assert_eq!(got.content(), "through the outage");
+}
+
+/// Not a `tokio::test`: the proxy runs (and stops) its own runtime, outside this one.
+#[test]
+fn a_node_cut_off_from_nats_past_its_lease_hands_over_what_was_stored_meanwhile() {
+    let Some(nats) = Nats::start() else { return };
+    // Node b reaches NATS through a proxy that can cut it off.
+    let link = Proxy::start(([127, 0, 0, 1], nats.port).into());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(cut_off(&nats, &link));
+}
+
+async fn cut_off(nats: &Nats, link: &Proxy) {
+    let a = node(nats, "a").await;
+    let mut config = node_config(nats, "b");
+    if let Some(cluster) = config.cluster.as_mut() {
+        cluster.url = format!("nats://{}", link.addr());
+    }
+    let b = crate::support::start(config, Recorder::new()).await;
+    let mut alice = logged_in(&a.url(), "alice").await;
+    let mut bob = logged_in(&b.url(), "bob").await;
+    eventually("a sees bob on b", || {
+        a.node_of("bob").as_deref() == Some("b")
+    })
+    .await;
+
+    // b is cut off; its lease (1 s) lapses, and a takes bob for offline.
+    link.refuse(true);
+    eventually_within("a lets bob go", Duration::from_secs(5), || {
+        a.node_of("bob").is_none()
+    })
+    .await;
+    let message = Frame::data("alice", "bob", "stored while b was away", true, None, 0);
+    alice.send(&message).await;
+    let ack = next_frame(&mut alice).await;
+    assert_eq!(
+        (ack.ty, ack.content(), ack.stored),
+        (ack_type(), message.fp.as_deref().unwrap(), true)
+    );
+    // b could not hear the announcement. Back on NATS, it hands the message to bob,
+    // who never left b: no new login needed, and only once.
+    link.refuse(false);
+    // NATS's client reconnects after a back-off of up to 4 s.
+    let Some(Event::Text(text)) = bob.next_event_within(Duration::from_secs(20)).await else {
+        panic!("the stored message was not handed over once b was back");
+    };
+    let got = Frame::decode(&text).unwrap();
+    assert_eq!(
+        (got.from_id(), got.content()),
+        ("alice", "stored while b was away")
+    );
+    bob.send(&Frame::ack_of(&got).unwrap()).await;
+    eventually("a routes to bob on b again", || {
+        a.node_of("bob").as_deref() == Some("b")
+    })
+    .await;
+    assert_eq!(
+        bob.next_event_within(Duration::from_millis(500)).await,
+        None
+    );
 }
 
 /// A room request from a raw client, and its reply (events before it are skipped).

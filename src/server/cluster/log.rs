@@ -48,6 +48,18 @@ fn hex(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The name `hex` made, or `None` for anything else.
+fn unhex(token: &str) -> Option<String> {
+    if !token.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..token.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(token.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    String::from_utf8(bytes).ok()
+}
+
 /// Of `all` (oldest first), the newest `limit` with `mid < before`, oldest first, and
 /// whether older ones are left: a history page.
 fn page_before(
@@ -342,6 +354,66 @@ impl SharedLog {
         Ok(waiting)
     }
 
+    /// Every user's unexpired offline messages stored at or after `since_ms` (Unix
+    /// ms, as NATS stamped them), oldest first, each with its user as `to`.
+    pub(crate) async fn boxes_since(
+        &self,
+        since_ms: i64,
+        now_ms: i64,
+    ) -> Result<Vec<StoredMessage>, StoreError> {
+        let max_age = i64::try_from(self.limits.offline_max_age.as_millis()).unwrap_or(i64::MAX);
+        let start_time =
+            async_nats::datetime::from_nanos(i128::from(since_ms) * 1_000_000).map_err(other)?;
+        let read = async {
+            let consumer = self
+                .boxes
+                .create_consumer(consumer::pull::OrderedConfig {
+                    filter_subject: "im.box.>".to_owned(),
+                    deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time },
+                    ..Default::default()
+                })
+                .await
+                .map_err(other)?;
+            // An ordered consumer with nothing to deliver would wait for new messages.
+            if consumer.cached_info().num_pending == 0 {
+                return Ok(Vec::new());
+            }
+            let mut messages = consumer.messages().await.map_err(other)?;
+            let mut out = Vec::new();
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(other)?;
+                let info = message.info().map_err(other)?;
+                let (seq, pending) = (info.stream_sequence, info.pending);
+                let user = message
+                    .subject
+                    .as_str()
+                    .strip_prefix("im.box.")
+                    .and_then(unhex);
+                if let (Some(user), Ok(entry)) =
+                    (user, serde_json::from_slice::<Logged>(&message.payload))
+                    && now_ms.saturating_sub(entry.ts) <= max_age
+                {
+                    out.push(StoredMessage {
+                        mid: i64::try_from(seq).map_err(other)?,
+                        ts_ms: entry.ts,
+                        from: entry.from,
+                        to: user,
+                        content: entry.content,
+                        typeu: entry.typeu,
+                        fp: entry.fp,
+                    });
+                }
+                if pending == 0 {
+                    break;
+                }
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(SCAN_TIMEOUT, read)
+            .await
+            .map_err(|_| StoreError::Other(format!("JetStream: no answer in {SCAN_TIMEOUT:?}")))?
+    }
+
     /// As [`StoreHandle::offline_remove`](crate::server::StoreHandle::offline_remove):
     /// takes message `mid` out of `user`'s box; false when it is not there (another
     /// user's message is never touched).
@@ -360,6 +432,21 @@ impl SharedLog {
             // Deleted meanwhile (the same ACK twice).
             Err(e) if e.to_string().contains("10043") => Ok(false),
             Err(e) => Err(other(e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{hex, unhex};
+
+    #[test]
+    fn subject_tokens_give_back_the_names() {
+        for name in ["bob", "#lobby", "ü.*>", ""] {
+            assert_eq!(unhex(&hex(name)).as_deref(), Some(name));
+        }
+        for bad in ["6", "zz", "ff", "6g"] {
+            assert_eq!(unhex(bad), None, "{bad}");
         }
     }
 }

@@ -28,7 +28,9 @@
 //!   other is kicked; an older one is kicked itself).
 //! - **A dead node lets go within one lease**: its users' presence is ignored from
 //!   then on (messages to them take the offline path), and a user logs in anywhere
-//!   at once anyway (a fresh login wins).
+//!   at once anyway (a fresh login wins). A node that was only cut off from NATS
+//!   that long keeps its sockets; back on NATS, it reads the offline boxes for what
+//!   was stored meanwhile and hands it to its users still online, once each.
 //! - **A graceful shutdown** deletes the node's lease first, so every other node stops
 //!   routing to it at once, then closes each socket with 1001 (going away), and the
 //!   clients log in again, through the load balancer, on another node.
@@ -206,6 +208,9 @@ pub(crate) struct Cluster {
     /// Room traffic waiting for `run` to publish it, in the order it happened here.
     casts: tokio::sync::mpsc::UnboundedSender<RoomCast>,
     casts_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RoomCast>>>,
+    /// The NATS connection's events (disconnected, connected again), for `run`, each
+    /// with when it happened (Unix ms): `run` may be busy for a while, waiting on NATS.
+    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(async_nats::Event, i64)>>>,
     /// Room and direct history and offline boxes, shared by every node.
     pub log: Arc<SharedLog>,
     pub stats: ClusterStats,
@@ -270,8 +275,13 @@ impl Cluster {
         if !valid_node_id(&config.node_id) {
             return Err(ClusterError::NodeId(config.node_id));
         }
+        let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name(format!("im-server {}", config.node_id))
+            .event_callback(move |event| {
+                let _ = events.send((event, super::session::now_ms()));
+                std::future::ready(())
+            })
             .connect(config.url.as_str())
             .await
             .map_err(nats)?;
@@ -288,6 +298,7 @@ impl Cluster {
             live: Mutex::new(HashSet::new()),
             casts,
             casts_rx: Mutex::new(Some(casts_rx)),
+            events_rx: Mutex::new(Some(events_rx)),
             log,
             stats: ClusterStats::default(),
             config,
@@ -591,9 +602,13 @@ impl Cluster {
             let members = self.client.subscribe("im.room.members").await?;
             Ok::<_, async_nats::SubscribeError>((deliver, kick, rooms, members))
         };
-        let Some(mut casts) = lock(&self.casts_rx).take() else {
+        let (Some(mut casts), Some(mut events)) =
+            (lock(&self.casts_rx).take(), lock(&self.events_rx).take())
+        else {
             return;
         };
+        // When the link to NATS went down, while it is down (Unix ms).
+        let mut away_since: Option<i64> = None;
         let (mut deliver, mut kick, mut rooms, mut members) = match subscriptions.await {
             Ok(subs) => subs,
             Err(e) => {
@@ -645,9 +660,26 @@ impl Cluster {
                         watch = self.presence.watch_with_history(">").await.ok();
                     }
                 },
+                Some((event, at)) = events.recv() => match event {
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("cluster: the link to NATS is down");
+                        away_since.get_or_insert(at);
+                    }
+                    async_nats::Event::Connected => {
+                        if let Some(since) = away_since.take() {
+                            tokio::spawn(self.clone().catch_up(shared.clone(), since));
+                        }
+                    }
+                    _ => {}
+                },
                 _ = lease.tick() => {
-                    if let Err(e) = self.renew_lease().await {
-                        tracing::warn!("cluster: lease not renewed: {e}");
+                    // Bounded like a forward: while NATS is away, this loop still
+                    // hears its connection's events.
+                    let limit = self.config.request_timeout;
+                    match tokio::time::timeout(limit, self.renew_lease()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => tracing::warn!("cluster: lease not renewed: {e}"),
+                        Err(_) => tracing::warn!("cluster: lease not renewed in {limit:?}"),
                     }
                 }
             }
@@ -656,6 +688,63 @@ impl Cluster {
             tracing::warn!("cluster: lease not given back (it expires by itself): {e}");
         }
         let _ = self.client.flush().await;
+    }
+
+    /// Back on NATS after being away since `since` (Unix ms): another node may have
+    /// taken this one for dead meanwhile (its lease lapsed) and stored messages for
+    /// users online here in their boxes, announcing them while this node could not
+    /// hear. Hands each such message to its user, once (as a login would).
+    async fn catch_up(self: Arc<Self>, shared: Arc<Shared>, since: i64) {
+        // A round trip first: NATS has taken the subscriptions again when it answers,
+        // so what is stored after the read below is announced to this node.
+        if let Err(e) = self.renew_lease().await {
+            tracing::warn!("cluster: lease not renewed: {e}");
+        }
+        // Clocks of nodes and NATS differ a little: a lease of margin.
+        let margin = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
+        let now = super::session::now_ms();
+        let stored = match self
+            .log
+            .boxes_since(since.saturating_sub(margin), now)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(e) => {
+                shared
+                    .metrics
+                    .reject(super::metrics::RejectReason::StoreFailed);
+                tracing::warn!("cluster: offline boxes not read after NATS came back: {e}");
+                return;
+            }
+        };
+        let mut handed = 0usize;
+        let mut state = shared.lock();
+        for m in stored {
+            let user = m.to.clone();
+            if !state.online.contains_key(&user)
+                || !state
+                    .box_sent
+                    .entry(user.clone())
+                    .or_default()
+                    .insert(m.mid)
+            {
+                continue;
+            }
+            let frame = super::session::offline_frame(&user, m);
+            let text = frame.to_json();
+            match shared.deliver(&mut state, &user, &frame, text, None) {
+                Ok(()) => handed += 1,
+                // Left in the box for the next login.
+                Err(DeliverError::Refused(r)) => shared.metrics.reject(r),
+                Err(DeliverError::NotOnline) => {}
+            }
+        }
+        drop(state);
+        tracing::info!(
+            away_ms = now.saturating_sub(since),
+            handed,
+            "cluster: back on NATS; stored messages for users here handed over"
+        );
     }
 
     /// Another node's message for a user here.

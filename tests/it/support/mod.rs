@@ -5,7 +5,6 @@
 
 #[cfg(feature = "cluster")]
 pub mod nats;
-#[cfg(feature = "testing")]
 pub mod proxy;
 
 use std::sync::{Arc, Mutex};

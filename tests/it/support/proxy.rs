@@ -1,6 +1,7 @@
 //! A TCP proxy on 127.0.0.1 that injects link faults between clients and a server:
 //! it stalls every link (nothing moves, sockets stay open), cuts them all (sockets
-//! dropped without a close frame), or delays every chunk it forwards.
+//! dropped without a close frame), refuses links for a while, or delays every chunk
+//! it forwards.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -22,6 +23,8 @@ pub struct Proxy {
 #[derive(Default)]
 struct Faults {
     stalled: AtomicBool,
+    /// New links are closed at once.
+    refusing: AtomicBool,
     /// The most each chunk is held before it is written, in microseconds (0: none).
     max_delay_us: AtomicU64,
     /// Where every pump draws its delays from (an LCG step per chunk).
@@ -59,6 +62,9 @@ impl Proxy {
         let f = faults.clone();
         runtime.spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if f.refusing.load(Ordering::SeqCst) {
+                    continue;
+                }
                 let Ok(server) = TcpStream::connect(upstream).await else {
                     continue;
                 };
@@ -80,6 +86,19 @@ impl Proxy {
 
     pub fn url(&self) -> String {
         format!("ws://{}/websocket", self.addr)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Cuts every open link and closes new ones at once (`true`), or lets them
+    /// through again (`false`): the upstream is unreachable meanwhile.
+    pub fn refuse(&self, on: bool) {
+        self.faults.refusing.store(on, Ordering::SeqCst);
+        if on {
+            self.cut_all();
+        }
     }
 
     /// Stops (or lets go) every byte in both directions; sockets stay open.
