@@ -94,7 +94,7 @@ pub use config::{ClusterConfig, PemSource, RateLimit, S2cQosConfig, ServerConfig
 pub use hooks::{AcceptAll, LogoutReason, Moderation, ServerHooks};
 pub use metrics::{ClusterSnapshot, MetricsSnapshot, RejectReason};
 pub use rooms::RoomsConfig;
-pub use serve::{PushError, Server, ServerHandle};
+pub use serve::{CreateRoomError, PushError, Server, ServerHandle};
 pub use store::{Store, StoreConfig, StoreError, StoreHandle, StorePath, StoredMessage};
 
 /// The `errorCode` of the error frame (type 52) that answers a frame over the rate

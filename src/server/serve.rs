@@ -16,7 +16,7 @@ use super::hooks::ServerHooks;
 use super::metrics::{Metrics, MetricsSnapshot, RejectReason, serve_metrics};
 use super::session::{self, ConnectionGuard};
 use super::state::{Command, DeliverError, Shared};
-use super::store::StoreHandle;
+use super::store::{StoreError, StoreHandle};
 use crate::protocol::{Frame, KickoutCode};
 
 /// Why [`ServerHandle::push`] could not hand a frame to a user.
@@ -37,6 +37,24 @@ pub enum PushError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+}
+
+/// Why [`ServerHandle::create_room`] did not complete.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateRoomError {
+    /// The name is not a valid room name; nothing changed.
+    #[error(transparent)]
+    Name(#[from] crate::protocol::RoomNameError),
+    /// The room is open on this node, but the store did not keep it: after a
+    /// restart it is not private.
+    #[error("the room is open but not stored: {0}")]
+    Store(StoreError),
+    /// The room is open on this node, but the other nodes of the cluster did not
+    /// hear of it (NATS is away): there it is not private.
+    #[cfg(feature = "cluster")]
+    #[error("the room is open on this node but not shared with the others: {0}")]
+    Cluster(super::cluster::ClusterError),
 }
 
 fn tls_acceptor(tls: &TlsConfig) -> io::Result<TlsAcceptor> {
@@ -123,6 +141,13 @@ impl Server {
             let cluster = super::cluster::Cluster::connect(config, limits)
                 .await
                 .map_err(io::Error::other)?;
+            // Rooms hosts created on any node: private here too.
+            let rooms = cluster.shared_rooms().await.map_err(io::Error::other)?;
+            let mut state = shared.lock();
+            for (room, settings) in rooms {
+                state.rooms.create(&room, settings.private, settings.cap);
+            }
+            drop(state);
             let _ = shared.cluster.set(Arc::new(cluster));
         }
         #[cfg(not(feature = "cluster"))]
@@ -476,20 +501,35 @@ impl ServerHandle {
 
     /// Creates (or updates) room `name`: kept when empty; a `private` room lets in only
     /// the users [`ServerHooks::may_join`] allows, and its members are stored (they
-    /// survive a restart); `cap` overrides the member cap.
+    /// survive a restart); `cap` overrides the member cap. In a cluster (feature
+    /// `cluster`), every node has the room with the same settings, within a moment.
     ///
     /// # Errors
-    /// [`RoomNameError`](crate::protocol::RoomNameError) for an invalid name.
+    /// [`CreateRoomError::Name`] for an invalid name, and nothing changed. The others
+    /// say the room is open on this node but not kept everywhere it should be:
+    /// [`CreateRoomError::Store`] (a private room would be public after a restart)
+    /// and `CreateRoomError::Cluster` (feature `cluster`: the other nodes did not hear of it); calling
+    /// again once the store or NATS is back completes it.
     pub async fn create_room(
         &self,
         name: &str,
         private: bool,
         cap: Option<usize>,
-    ) -> Result<(), crate::protocol::RoomNameError> {
+    ) -> Result<(), CreateRoomError> {
         crate::protocol::validate_room_name(name)?;
         self.shared.lock().rooms.create(name, private, cap);
-        if let Err(e) = self.shared.store.set_private(name, private).await {
-            tracing::warn!(room = name, "room not stored: {e}");
+        self.shared
+            .store
+            .set_private(name, private)
+            .await
+            .map_err(CreateRoomError::Store)?;
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = self.shared.cluster.get() {
+            let settings = super::cluster::RoomSettings { private, cap };
+            if let Err(e) = cluster.share_room(name, settings).await {
+                self.shared.metrics.reject(RejectReason::ClusterFailed);
+                return Err(CreateRoomError::Cluster(e));
+            }
         }
         Ok(())
     }

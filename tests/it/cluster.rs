@@ -2,7 +2,8 @@
 //! direct messages across nodes with QoS, a login on another node kicking the first,
 //! a node killed (`kill -9`) letting its users go within its lease and, with ACK on
 //! receipt, losing nothing that was ACKed, a node cut off from NATS past its lease
-//! handing over what was stored for its users meanwhile, NATS itself
+//! handing over what was stored for its users meanwhile, a private room created
+//! through one node private on all, NATS itself
 //! restarted under a message in flight, a room with members on two nodes, and
 //! offline boxes and room history shared by the nodes. Each test starts its own `nats-server` (a
 //! free port, a temporary JetStream folder) and stops it; without `nats-server`
@@ -492,6 +493,18 @@ async fn room_request(
     op: bevy_im::protocol::RoomOp,
     room: &str,
 ) -> bevy_im::protocol::RoomReply {
+    let reply = room_reply(client, user, op, room).await;
+    assert_eq!(reply.code, 0, "{reply:?}");
+    reply
+}
+
+/// A room request's reply, whatever its code.
+async fn room_reply(
+    client: &mut Client,
+    user: &str,
+    op: bevy_im::protocol::RoomOp,
+    room: &str,
+) -> bevy_im::protocol::RoomReply {
     use bevy_im::protocol::{RoomReply, RoomRequest, decode_body};
     let request = RoomRequest::new(1, op).room(room);
     client.send(&Frame::room_request(user, &request)).await;
@@ -499,9 +512,65 @@ async fn room_request(
         let frame = next_frame(client).await;
         let reply: RoomReply = decode_body(frame.data_content.as_deref()).unwrap();
         if reply.op == op {
-            assert_eq!(reply.code, 0, "{reply:?}");
             return reply;
         }
+    }
+}
+
+/// A host that lets into private rooms only users named `vip-…`.
+struct Vip;
+
+impl bevy_im::server::ServerHooks for Vip {
+    fn may_join(&self, user_id: &str, _room: &str) -> bool {
+        user_id.starts_with("vip-")
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_room_created_through_one_node_is_private_on_every_node() {
+    use bevy_im::protocol::RoomOp;
+    let Some(nats) = Nats::start() else { return };
+    let a = crate::support::start(node_config(&nats, "a"), Vip).await;
+    let b = crate::support::start(node_config(&nats, "b"), Vip).await;
+    a.create_room("backstage", true, None).await.unwrap();
+    eventually("b has the room", || {
+        b.rooms().iter().any(|(room, _)| room == "backstage")
+    })
+    .await;
+    // On b, the host's hook decides, as on a.
+    let mut fan = logged_in(&b.url(), "fan").await;
+    let refused = room_reply(&mut fan, "fan", RoomOp::Join, "backstage").await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+    let mut vip_b = logged_in(&b.url(), "vip-b").await;
+    join(&mut vip_b, "vip-b", "backstage").await;
+    eventually("a sees vip-b on b", || {
+        a.node_of("vip-b").as_deref() == Some("b")
+    })
+    .await;
+    let mut vip_a = logged_in(&a.url(), "vip-a").await;
+    let joined = join(&mut vip_a, "vip-a", "backstage").await;
+    assert_eq!(names(&joined), ["vip-a", "vip-b"], "{joined:?}");
+    // A node started later has it before it serves anyone.
+    let c = crate::support::start(node_config(&nats, "c"), Vip).await;
+    assert!(c.rooms().iter().any(|(room, _)| room == "backstage"));
+    let mut fan_c = logged_in(&c.url(), "fan-c").await;
+    let refused = room_reply(&mut fan_c, "fan-c", RoomOp::Join, "backstage").await;
+    assert_eq!(refused.code, 403, "{refused:?}");
+    // Made public through b: a lets a fan in, within a moment.
+    b.create_room("backstage", false, None).await.unwrap();
+    let mut fan_a = logged_in(&a.url(), "fan-a").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = room_reply(&mut fan_a, "fan-a", RoomOp::Join, "backstage").await;
+        if reply.code == 0 {
+            break;
+        }
+        assert_eq!(reply.code, 403, "{reply:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a kept the room private"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

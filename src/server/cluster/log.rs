@@ -44,12 +44,12 @@ struct Logged {
     fp: Option<String>,
 }
 
-fn hex(name: &str) -> String {
+pub(super) fn hex(name: &str) -> String {
     name.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The name `hex` made, or `None` for anything else.
-fn unhex(token: &str) -> Option<String> {
+pub(super) fn unhex(token: &str) -> Option<String> {
     if !token.len().is_multiple_of(2) {
         return None;
     }

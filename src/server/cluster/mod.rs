@@ -12,6 +12,7 @@
 //! | a kickout across nodes | `im.node.<id>.kick` with the user and the kicked session's `firstLoginTime` | |
 //! | room messages, member events, messages stored in a box | `im.room`, published by the node of the sender or of the member | every other node hands it to its own members of the room, or to the box's user if online there |
 //! | a room's members on the other nodes | `im.room.members`, asked by the node answering a join or a members request | every live node answers with its own members |
+//! | rooms hosts created (private or not, member cap) | key-value bucket `im_rooms`: room → settings | written by the node whose `ServerHandle::create_room` was called; every node reads it at start and watches it |
 //!
 //! What holds across nodes:
 //! - **Direct messages keep their QoS end to end.** The sender's ACK means the
@@ -48,8 +49,12 @@
 //!   from every live node (each answers within a fraction of a second, or is left
 //!   out).
 //!
-//! Not across nodes yet: private rooms (created by the host through a node's
-//! `ServerHandle`) and their members stay in that node's store.
+//! - **Rooms a host creates are everyone's**: a private room created through one
+//!   node's `ServerHandle::create_room` is private on every node (each asks its own
+//!   `may_join` hook), with the same member cap (each node counts its own members
+//!   against it). A private room's members are kept
+//!   by the node they joined through: one restarted gets its members back, and a
+//!   member who comes back through another node joins again (the hook is asked).
 
 mod log;
 
@@ -75,6 +80,7 @@ use crate::protocol::{Frame, KickoutCode, Member, RoomReply};
 const MEMBERS_WAIT: Duration = Duration::from_millis(300);
 
 const PRESENCE_BUCKET: &str = "im_presence";
+const ROOMS_BUCKET: &str = "im_rooms";
 const NODES_BUCKET: &str = "im_nodes";
 
 /// Why the cluster could not do something.
@@ -140,6 +146,17 @@ enum RoomCast {
     },
 }
 
+/// A room a host created, as every node keeps it (`im_rooms`: the room's name in hex
+/// → this, as JSON).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RoomSettings {
+    /// Only users the `may_join` hook allows get in.
+    pub private: bool,
+    /// The member cap, when not the configured one.
+    #[serde(default)]
+    pub cap: Option<usize>,
+}
+
 /// A question to every node: its members of `room`.
 #[derive(Serialize, Deserialize, Debug)]
 struct MembersQuery {
@@ -198,6 +215,8 @@ pub(crate) struct Cluster {
     config: ClusterConfig,
     presence: kv::Store,
     nodes: kv::Store,
+    /// Rooms hosts created, on any node.
+    rooms: kv::Store,
     /// Users online on other nodes, as the presence bucket's watch last said, with
     /// the revision that said it: the watch may deliver an entry again after a
     /// reconnect, and an older revision never overrides a newer one. `None`: not
@@ -288,12 +307,14 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let presence = bucket(&js, PRESENCE_BUCKET, Duration::ZERO).await?;
         let nodes = bucket(&js, NODES_BUCKET, config.lease).await?;
+        let rooms = bucket(&js, ROOMS_BUCKET, Duration::ZERO).await?;
         let log = Arc::new(SharedLog::open(js, limits).await?);
         let (casts, casts_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster = Cluster {
             client,
             presence,
             nodes,
+            rooms,
             remote: Mutex::new(HashMap::new()),
             live: Mutex::new(HashSet::new()),
             casts,
@@ -482,6 +503,58 @@ impl Cluster {
         }
     }
 
+    /// Shares a room a host created (or changed) here with every node.
+    pub(crate) async fn share_room(
+        &self,
+        room: &str,
+        settings: RoomSettings,
+    ) -> Result<(), ClusterError> {
+        let json =
+            serde_json::to_vec(&settings).map_err(|e| ClusterError::Corrupt(e.to_string()))?;
+        self.rooms
+            .put(log::hex(room), json.into())
+            .await
+            .map_err(nats)?;
+        Ok(())
+    }
+
+    /// Every room hosts created on any node, for a node that starts.
+    pub(crate) async fn shared_rooms(&self) -> Result<Vec<(String, RoomSettings)>, ClusterError> {
+        let mut keys = self.rooms.keys().await.map_err(nats)?;
+        let mut names = Vec::new();
+        while let Some(key) = keys.next().await {
+            names.push(key.map_err(nats)?);
+        }
+        let mut rooms = Vec::new();
+        for key in names {
+            let value = self.rooms.get(&key).await.map_err(nats)?;
+            if let (Some(room), Some(settings)) = (
+                log::unhex(&key),
+                value.and_then(|v| serde_json::from_slice::<RoomSettings>(&v).ok()),
+            ) {
+                rooms.push((room, settings));
+            }
+        }
+        Ok(rooms)
+    }
+
+    /// A room created or changed on some node, as the rooms bucket's watch said.
+    fn room_seen(shared: &Shared, entry: kv::Entry) {
+        if entry.operation != kv::Operation::Put {
+            return;
+        }
+        let (Some(room), Ok(settings)) = (
+            log::unhex(&entry.key),
+            serde_json::from_slice::<RoomSettings>(&entry.value),
+        ) else {
+            return;
+        };
+        shared
+            .lock()
+            .rooms
+            .create(&room, settings.private, settings.cap);
+    }
+
     /// Sends a receiver's ACK (`text`, encoded) to the sender's `node`, in the
     /// background. If it does not get there (the node died, NATS is away), the
     /// sender resends, and the resend is answered `acked` here.
@@ -623,6 +696,8 @@ impl Cluster {
         }
         // Every user online elsewhere now, then every change.
         let mut watch = self.presence.watch_with_history(">").await.ok();
+        // Rooms hosts create on any node, from now on (those before, at bind).
+        let mut room_watch = self.rooms.watch_with_history(">").await.ok();
         let mut lease = tokio::time::interval(self.config.lease / 3);
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -652,12 +727,19 @@ impl Cluster {
                         }
                     }
                 }
-                entry = next_entry(&mut watch) => match entry {
+                entry = next_entry(&mut watch, PRESENCE_BUCKET) => match entry {
                     Some(entry) => self.seen(entry),
                     None => {
                         // The watch ended (NATS went away): start it again shortly.
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         watch = self.presence.watch_with_history(">").await.ok();
+                    }
+                },
+                entry = next_entry(&mut room_watch, ROOMS_BUCKET) => match entry {
+                    Some(entry) => Self::room_seen(&shared, entry),
+                    None => {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        room_watch = self.rooms.watch_with_history(">").await.ok();
                     }
                 },
                 Some((event, at)) = events.recv() => match event {
@@ -900,12 +982,12 @@ impl Cluster {
 }
 
 /// The watch's next entry; `None` when it ended or there is none.
-async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<kv::Entry> {
+async fn next_entry(watch: &mut Option<kv::Watch>, bucket: &str) -> Option<kv::Entry> {
     match watch {
         Some(w) => match w.next().await {
             Some(Ok(entry)) => Some(entry),
             Some(Err(e)) => {
-                tracing::warn!("cluster: presence watch: {e}");
+                tracing::warn!(bucket, "cluster: watch: {e}");
                 *watch = None;
                 None
             }
