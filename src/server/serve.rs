@@ -135,19 +135,16 @@ impl Server {
             metrics_addr,
             store,
         ));
+        // Rooms hosts created on any node of a cluster.
+        #[cfg(feature = "cluster")]
+        let mut shared_rooms = Vec::new();
         #[cfg(feature = "cluster")]
         if let Some(config) = shared.config.cluster.clone() {
             let limits = shared.config.store_limits.clone();
             let cluster = super::cluster::Cluster::connect(config, limits)
                 .await
                 .map_err(io::Error::other)?;
-            // Rooms hosts created on any node: private here too.
-            let rooms = cluster.shared_rooms().await.map_err(io::Error::other)?;
-            let mut state = shared.lock();
-            for (room, settings) in rooms {
-                state.rooms.create(&room, settings.private, settings.cap);
-            }
-            drop(state);
+            shared_rooms = cluster.shared_rooms().await.map_err(io::Error::other)?;
             let _ = shared.cluster.set(Arc::new(cluster));
         }
         #[cfg(not(feature = "cluster"))]
@@ -165,6 +162,20 @@ impl Server {
                     state.rooms.restore_member(&room, &user);
                 }
             }
+        }
+        // The cluster's settings win over what this node's store remembers; the store
+        // learns which rooms are private, to keep their members here.
+        #[cfg(feature = "cluster")]
+        for (room, settings) in shared_rooms {
+            shared
+                .lock()
+                .rooms
+                .create(&room, settings.private, settings.cap);
+            shared
+                .store
+                .set_private(&room, settings.private)
+                .await
+                .map_err(io::Error::other)?;
         }
         Ok(Self {
             shared,

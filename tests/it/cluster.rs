@@ -2,8 +2,9 @@
 //! direct messages across nodes with QoS, a login on another node kicking the first,
 //! a node killed (`kill -9`) letting its users go within its lease and, with ACK on
 //! receipt, losing nothing that was ACKed, a node cut off from NATS past its lease
-//! handing over what was stored for its users meanwhile, a private room created
-//! through one node private on all, NATS itself
+//! handing over what was stored for its users meanwhile and kicking a session that a
+//! login elsewhere replaced meanwhile, a private room created through one node
+//! private on all (and its members kept by a node restarted), NATS itself
 //! restarted under a message in flight, a room with members on two nodes, and
 //! offline boxes and room history shared by the nodes. Each test starts its own `nats-server` (a
 //! free port, a temporary JetStream folder) and stops it; without `nats-server`
@@ -486,6 +487,57 @@ async fn cut_off(nats: &Nats, link: &Proxy) {
     );
 }
 
+/// Not a `tokio::test`, for the proxy (see above).
+#[test]
+fn a_login_elsewhere_while_a_node_was_cut_off_kicks_its_session_there_once_it_is_back() {
+    let Some(nats) = Nats::start() else { return };
+    let link = Proxy::start(([127, 0, 0, 1], nats.port).into());
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(login_while_cut_off(&nats, &link));
+}
+
+async fn login_while_cut_off(nats: &Nats, link: &Proxy) {
+    let a = node(nats, "a").await;
+    let mut config = node_config(nats, "b");
+    if let Some(cluster) = config.cluster.as_mut() {
+        cluster.url = format!("nats://{}", link.addr());
+    }
+    let b = crate::support::start(config, Recorder::new()).await;
+    let mut on_b = logged_in(&b.url(), "bob").await;
+    eventually("a sees bob on b", || {
+        a.node_of("bob").as_deref() == Some("b")
+    })
+    .await;
+    link.refuse(true);
+    eventually_within("a lets bob go", Duration::from_secs(5), || {
+        a.node_of("bob").is_none()
+    })
+    .await;
+    // Bob logs in on a; b, cut off, hears no kick.
+    let _on_a = logged_in(&a.url(), "bob").await;
+    assert_eq!(
+        on_b.next_event_within(Duration::from_millis(300)).await,
+        None
+    );
+    // Back on NATS, b sees the newer login in the presence bucket and kicks its own.
+    link.refuse(false);
+    let Some(Event::Text(text)) = on_b.next_event_within(Duration::from_secs(20)).await else {
+        panic!("bob's older session on b was not kicked");
+    };
+    let kick = Frame::decode(&text).unwrap();
+    assert_eq!(kick.ty, DIALECT.server_type(ServerKind::Kickout), "{text}");
+    eventually("b lets its bob go", || !b.is_online("bob")).await;
+    assert_eq!(a.node_of("bob").as_deref(), Some("a"));
+    eventually("b routes bob to a", || {
+        b.node_of("bob").as_deref() == Some("a")
+    })
+    .await;
+}
+
 /// A room request from a raw client, and its reply (events before it are skipped).
 async fn room_request(
     client: &mut Client,
@@ -531,7 +583,16 @@ async fn a_private_room_created_through_one_node_is_private_on_every_node() {
     use bevy_im::protocol::RoomOp;
     let Some(nats) = Nats::start() else { return };
     let a = crate::support::start(node_config(&nats, "a"), Vip).await;
-    let b = crate::support::start(node_config(&nats, "b"), Vip).await;
+    // Node b keeps a file store, and is restarted on it below.
+    let dir = tempfile::Builder::new()
+        .prefix("bevy_im-cluster-")
+        .tempdir()
+        .unwrap();
+    let b_config = ServerConfig {
+        store: bevy_im::server::StorePath::File(dir.path().join("b.db")),
+        ..node_config(&nats, "b")
+    };
+    let b = crate::support::start(b_config.clone(), Vip).await;
     a.create_room("backstage", true, None).await.unwrap();
     eventually("b has the room", || {
         b.rooms().iter().any(|(room, _)| room == "backstage")
@@ -556,6 +617,17 @@ async fn a_private_room_created_through_one_node_is_private_on_every_node() {
     let mut fan_c = logged_in(&c.url(), "fan-c").await;
     let refused = room_reply(&mut fan_c, "fan-c", RoomOp::Join, "backstage").await;
     assert_eq!(refused.code, 403, "{refused:?}");
+    // Node b, restarted on its store, has its member of the room back (offline).
+    drop(vip_b);
+    b.shutdown().await;
+    let b = crate::support::start(b_config, Vip).await;
+    let rooms = b.rooms();
+    let backstage = rooms.iter().find(|(room, _)| room == "backstage");
+    let members: Vec<&str> = backstage
+        .map(|(_, members)| members.iter().map(|m| m.user.as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(members, ["vip-b"], "{rooms:?}");
+
     // Made public through b: a lets a fan in, within a moment.
     b.create_room("backstage", false, None).await.unwrap();
     let mut fan_a = logged_in(&a.url(), "fan-a").await;

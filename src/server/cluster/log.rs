@@ -50,7 +50,8 @@ pub(super) fn hex(name: &str) -> String {
 
 /// The name `hex` made, or `None` for anything else.
 pub(super) fn unhex(token: &str) -> Option<String> {
-    if !token.len().is_multiple_of(2) {
+    let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if !token.len().is_multiple_of(2) || !token.bytes().all(lower_hex) {
         return None;
     }
     let bytes = (0..token.len())
@@ -445,7 +446,7 @@ mod tests {
         for name in ["bob", "#lobby", "ü.*>", ""] {
             assert_eq!(unhex(&hex(name)).as_deref(), Some(name));
         }
-        for bad in ["6", "zz", "ff", "6g"] {
+        for bad in ["6", "zz", "ff", "6g", "+f", "6A"] {
             assert_eq!(unhex(bad), None, "{bad}");
         }
     }

@@ -26,7 +26,9 @@
 //!   resends, or reports the message lost: it is never ACKed and dropped.
 //! - **One session per user**: a login on node B of a user online on node A follows
 //!   the single node's `firstLoginTime` rule (a fresh or newer login wins and the
-//!   other is kicked; an older one is kicked itself).
+//!   other is kicked; an older one is kicked itself). A node that was cut off from
+//!   NATS when a newer login won elsewhere kicks its older session once it is back:
+//!   every node watches the presence bucket.
 //! - **A dead node lets go within one lease**: its users' presence is ignored from
 //!   then on (messages to them take the offline path), and a user logs in anywhere
 //!   at once anyway (a fresh login wins). A node that was only cut off from NATS
@@ -146,6 +148,20 @@ enum RoomCast {
     },
 }
 
+/// The NATS connection went down, or came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Up,
+    Down,
+}
+
+/// A catch-up that cannot read the offline boxes retries with back-off (0.25 s,
+/// doubled) until its wait would reach this.
+const CATCH_UP_GIVE_UP: Duration = Duration::from_secs(16);
+
+/// How often a watch that ended (NATS went away) is started again.
+const WATCH_RETRY: Duration = Duration::from_millis(500);
+
 /// A room a host created, as every node keeps it (`im_rooms`: the room's name in hex
 /// → this, as JSON).
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,9 +243,9 @@ pub(crate) struct Cluster {
     /// Room traffic waiting for `run` to publish it, in the order it happened here.
     casts: tokio::sync::mpsc::UnboundedSender<RoomCast>,
     casts_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<RoomCast>>>,
-    /// The NATS connection's events (disconnected, connected again), for `run`, each
-    /// with when it happened (Unix ms): `run` may be busy for a while, waiting on NATS.
-    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(async_nats::Event, i64)>>>,
+    /// The NATS connection going down and coming back, for `run`, each with when it
+    /// happened (Unix ms): `run` may be busy for a while, waiting on NATS.
+    events_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Link, i64)>>>,
     /// Room and direct history and offline boxes, shared by every node.
     pub log: Arc<SharedLog>,
     pub stats: ClusterStats,
@@ -297,8 +313,17 @@ impl Cluster {
         let (events, events_rx) = tokio::sync::mpsc::unbounded_channel();
         let client = async_nats::ConnectOptions::new()
             .name(format!("im-server {}", config.node_id))
+            // A link gone silent is noticed within about a lease (two pings unanswered).
+            .ping_interval((config.lease / 3).max(Duration::from_secs(1)))
             .event_callback(move |event| {
-                let _ = events.send((event, super::session::now_ms()));
+                let link = match event {
+                    async_nats::Event::Connected => Some(Link::Up),
+                    async_nats::Event::Disconnected => Some(Link::Down),
+                    _ => None,
+                };
+                if let Some(link) = link {
+                    let _ = events.send((link, super::session::now_ms()));
+                }
                 std::future::ready(())
             })
             .connect(config.url.as_str())
@@ -538,8 +563,9 @@ impl Cluster {
         Ok(rooms)
     }
 
-    /// A room created or changed on some node, as the rooms bucket's watch said.
-    fn room_seen(shared: &Shared, entry: kv::Entry) {
+    /// A room created or changed on some node, as the rooms bucket's watch said: set
+    /// here, and in this node's store, which keeps the members of private rooms.
+    fn room_seen(shared: &Arc<Shared>, entry: kv::Entry) {
         if entry.operation != kv::Operation::Put {
             return;
         }
@@ -553,6 +579,15 @@ impl Cluster {
             .lock()
             .rooms
             .create(&room, settings.private, settings.cap);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = shared.store.set_private(&room, settings.private).await {
+                shared
+                    .metrics
+                    .reject(super::metrics::RejectReason::StoreFailed);
+                tracing::warn!(%room, "cluster: a shared room not stored here: {e}");
+            }
+        });
     }
 
     /// Sends a receiver's ACK (`text`, encoded) to the sender's `node`, in the
@@ -680,8 +715,10 @@ impl Cluster {
         else {
             return;
         };
-        // When the link to NATS went down, while it is down (Unix ms).
+        // Since when this node may have missed NATS traffic, while its link is down
+        // (Unix ms): its last lease renewal before the link went.
         let mut away_since: Option<i64> = None;
+        let mut last_renewed = super::session::now_ms();
         let (mut deliver, mut kick, mut rooms, mut members) = match subscriptions.await {
             Ok(subs) => subs,
             Err(e) => {
@@ -691,19 +728,43 @@ impl Cluster {
         };
         // A round trip on the same connection: NATS has taken the subscriptions when
         // it answers (a flush only writes them).
-        if let Err(e) = self.renew_lease().await {
-            tracing::warn!("cluster: lease not renewed: {e}");
+        match self.renew_lease().await {
+            Ok(()) => last_renewed = super::session::now_ms(),
+            Err(e) => tracing::warn!("cluster: lease not renewed: {e}"),
         }
-        // Every user online elsewhere now, then every change.
+        // Every user online elsewhere now, then every change; the same for the rooms
+        // hosts create (those before came at bind).
         let mut watch = self.presence.watch_with_history(">").await.ok();
-        // Rooms hosts create on any node, from now on (those before, at bind).
         let mut room_watch = self.rooms.watch_with_history(">").await.ok();
         let mut lease = tokio::time::interval(self.config.lease / 3);
         lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut retry = tokio::time::interval(WATCH_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Every wait on NATS below is bounded, so the link's events and the lease
+        // are never held up for long.
+        let limit = self.config.request_timeout;
         loop {
             tokio::select! {
                 biased;
                 _ = super::state::until_shutdown(&mut shutdown) => break,
+                Some((link, at)) = events.recv() => match link {
+                    Link::Down => {
+                        tracing::warn!("cluster: the link to NATS is down");
+                        away_since.get_or_insert(last_renewed.min(at));
+                    }
+                    Link::Up => {
+                        if let Some(since) = away_since.take() {
+                            tokio::spawn(self.clone().catch_up(shared.clone(), since));
+                        }
+                    }
+                },
+                _ = lease.tick() => {
+                    match tokio::time::timeout(limit, self.renew_lease()).await {
+                        Ok(Ok(())) => last_renewed = super::session::now_ms(),
+                        Ok(Err(e)) => tracing::warn!("cluster: lease not renewed: {e}"),
+                        Err(_) => tracing::warn!("cluster: lease not renewed in {limit:?}"),
+                    }
+                }
                 Some(message) = deliver.next() => {
                     let answer = self.accept(&shared, &message.payload);
                     if let Some(reply) = message.reply {
@@ -727,41 +788,22 @@ impl Cluster {
                         }
                     }
                 }
-                entry = next_entry(&mut watch, PRESENCE_BUCKET) => match entry {
-                    Some(entry) => self.seen(entry),
-                    None => {
-                        // The watch ended (NATS went away): start it again shortly.
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        watch = self.presence.watch_with_history(">").await.ok();
+                Some(entry) = next_entry(&mut watch, PRESENCE_BUCKET) => {
+                    self.seen(&shared, entry);
+                }
+                Some(entry) = next_entry(&mut room_watch, ROOMS_BUCKET) => {
+                    Self::room_seen(&shared, entry);
+                }
+                _ = retry.tick(), if watch.is_none() || room_watch.is_none() => {
+                    // A watch ended (NATS went away): started again, with the history,
+                    // so nothing that changed meanwhile is missed.
+                    if watch.is_none() {
+                        let started = self.presence.watch_with_history(">");
+                        watch = tokio::time::timeout(limit, started).await.ok().and_then(Result::ok);
                     }
-                },
-                entry = next_entry(&mut room_watch, ROOMS_BUCKET) => match entry {
-                    Some(entry) => Self::room_seen(&shared, entry),
-                    None => {
-                        tokio::time::sleep(Duration::from_millis(200)).await;
-                        room_watch = self.rooms.watch_with_history(">").await.ok();
-                    }
-                },
-                Some((event, at)) = events.recv() => match event {
-                    async_nats::Event::Disconnected => {
-                        tracing::warn!("cluster: the link to NATS is down");
-                        away_since.get_or_insert(at);
-                    }
-                    async_nats::Event::Connected => {
-                        if let Some(since) = away_since.take() {
-                            tokio::spawn(self.clone().catch_up(shared.clone(), since));
-                        }
-                    }
-                    _ => {}
-                },
-                _ = lease.tick() => {
-                    // Bounded like a forward: while NATS is away, this loop still
-                    // hears its connection's events.
-                    let limit = self.config.request_timeout;
-                    match tokio::time::timeout(limit, self.renew_lease()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => tracing::warn!("cluster: lease not renewed: {e}"),
-                        Err(_) => tracing::warn!("cluster: lease not renewed in {limit:?}"),
+                    if room_watch.is_none() {
+                        let started = self.rooms.watch_with_history(">");
+                        room_watch = tokio::time::timeout(limit, started).await.ok().and_then(Result::ok);
                     }
                 }
             }
@@ -785,18 +827,30 @@ impl Cluster {
         // Clocks of nodes and NATS differ a little: a lease of margin.
         let margin = i64::try_from(self.config.lease.as_millis()).unwrap_or(i64::MAX);
         let now = super::session::now_ms();
-        let stored = match self
-            .log
-            .boxes_since(since.saturating_sub(margin), now)
-            .await
-        {
-            Ok(stored) => stored,
-            Err(e) => {
-                shared
-                    .metrics
-                    .reject(super::metrics::RejectReason::StoreFailed);
-                tracing::warn!("cluster: offline boxes not read after NATS came back: {e}");
-                return;
+        // JetStream may answer 503 for a moment after NATS itself restarted.
+        let mut wait = Duration::from_millis(250);
+        let stored = loop {
+            match self
+                .log
+                .boxes_since(since.saturating_sub(margin), now)
+                .await
+            {
+                Ok(stored) => break stored,
+                Err(e) if wait < CATCH_UP_GIVE_UP => {
+                    tracing::debug!("cluster: offline boxes not read yet, again in {wait:?}: {e}");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                Err(e) => {
+                    shared
+                        .metrics
+                        .reject(super::metrics::RejectReason::StoreFailed);
+                    tracing::error!(
+                        "cluster: offline boxes not read after NATS came back (what was \
+                         stored for users here meanwhile waits for their next login): {e}"
+                    );
+                    return;
+                }
             }
         };
         let mut handed = 0usize;
@@ -887,6 +941,25 @@ impl Cluster {
         }
     }
 
+    /// A newer login of `user` (`firstLoginTime` `t`) holds it on another node: a
+    /// session here that is older is kicked, as on one node. The kick the other
+    /// node sent covers this unless this node was away from NATS when it was sent.
+    fn superseded(&self, shared: &Shared, user: &str, t: i64) {
+        let state = shared.lock();
+        let Some(registered) = state.online.get(user) else {
+            return;
+        };
+        if registered.first_login_time >= t {
+            return;
+        }
+        if let Some(entry) = state.sessions.get(&registered.session) {
+            let _ = entry.tx.send(Command::Kick {
+                code: KickoutCode::DuplicateLogin,
+                reason: None,
+            });
+        }
+    }
+
     /// Another node's question: this node's members of a room, as JSON (an empty list
     /// when none), or `None` for this node's own question.
     fn members_of(&self, shared: &Shared, payload: &[u8]) -> Option<Vec<u8>> {
@@ -963,12 +1036,15 @@ impl Cluster {
     }
 
     /// A change in the presence bucket.
-    fn seen(&self, entry: kv::Entry) {
+    fn seen(&self, shared: &Shared, entry: kv::Entry) {
         let presence = match entry.operation {
             kv::Operation::Put => serde_json::from_slice::<Presence>(&entry.value).ok(),
             kv::Operation::Delete | kv::Operation::Purge => None,
         }
         .filter(|p| p.node != self.node_id());
+        if let Some(p) = &presence {
+            self.superseded(shared, &entry.key, p.t);
+        }
         let mut remote = lock(&self.remote);
         match remote.get_mut(&entry.key) {
             Some((_, seen)) if *seen > entry.revision => {}
@@ -981,22 +1057,23 @@ impl Cluster {
     }
 }
 
-/// The watch's next entry; `None` when it ended or there is none.
+/// The watch's next entry; `None` when it ended (it is dropped then, for `run` to
+/// start again). Never ready while there is no watch.
 async fn next_entry(watch: &mut Option<kv::Watch>, bucket: &str) -> Option<kv::Entry> {
-    match watch {
-        Some(w) => match w.next().await {
-            Some(Ok(entry)) => Some(entry),
-            Some(Err(e)) => {
-                tracing::warn!(bucket, "cluster: watch: {e}");
-                *watch = None;
-                None
-            }
-            None => {
-                *watch = None;
-                None
-            }
-        },
-        None => None,
+    let Some(w) = watch else {
+        return std::future::pending().await;
+    };
+    match w.next().await {
+        Some(Ok(entry)) => Some(entry),
+        Some(Err(e)) => {
+            tracing::warn!(bucket, "cluster: watch: {e}");
+            *watch = None;
+            None
+        }
+        None => {
+            *watch = None;
+            None
+        }
     }
 }
 
