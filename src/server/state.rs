@@ -597,7 +597,7 @@ impl Shared {
                 // Online on another node: the ACK goes back there.
                 #[cfg(feature = "cluster")]
                 if let Some(cluster) = self.cluster.get()
-                    && let Some(node) = cluster.route(sender)
+                    && let Some(node) = cluster.receipt_node(sender, fp)
                 {
                     cluster.pass_receipt(node, ack.to_json());
                 }

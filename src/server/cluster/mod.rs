@@ -148,6 +148,37 @@ enum RoomCast {
     },
 }
 
+/// The header naming the node a forwarded message comes from.
+const ORIGIN_HEADER: &str = "Im-Origin";
+
+/// The node each message with a receipt due came from, by sender and fingerprint:
+/// the newest [`Origins::CAPACITY`], each taken out when its receipt goes.
+#[derive(Default)]
+struct Origins {
+    nodes: HashMap<(String, String), String>,
+    order: std::collections::VecDeque<(String, String)>,
+}
+
+impl Origins {
+    const CAPACITY: usize = 20_000;
+
+    fn insert(&mut self, key: (String, String), node: String) {
+        if self.nodes.insert(key.clone(), node).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > Self::CAPACITY {
+            if let Some(old) = self.order.pop_front() {
+                self.nodes.remove(&old);
+            }
+        }
+    }
+
+    fn take(&mut self, key: &(String, String)) -> Option<String> {
+        // Its slot in `order` goes when it comes to the front.
+        self.nodes.remove(key)
+    }
+}
+
 /// The NATS connection went down, or came back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Link {
@@ -238,6 +269,10 @@ pub(crate) struct Cluster {
     /// reconnect, and an older revision never overrides a newer one. `None`: not
     /// online elsewhere.
     remote: Mutex<HashMap<String, (Option<Presence>, u64)>>,
+    /// For messages handed over here with a receipt due: the node each came from,
+    /// by sender and fingerprint, so the receipt finds its way back even before
+    /// the presence watch says where the sender is.
+    receipt_origins: Mutex<Origins>,
     /// Nodes whose lease is live (this one included).
     live: Mutex<HashSet<String>>,
     /// Room traffic waiting for `run` to publish it, in the order it happened here.
@@ -341,6 +376,7 @@ impl Cluster {
             nodes,
             rooms,
             remote: Mutex::new(HashMap::new()),
+            receipt_origins: Mutex::new(Origins::default()),
             live: Mutex::new(HashSet::new()),
             casts,
             casts_rx: Mutex::new(Some(casts_rx)),
@@ -499,9 +535,11 @@ impl Cluster {
         let started = Instant::now();
         let limit = self.config.request_timeout;
         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
-        let request = self
-            .client
-            .request(Self::subject(node, "deliver"), text.into());
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(ORIGIN_HEADER, self.node_id());
+        let request =
+            self.client
+                .request_with_headers(Self::subject(node, "deliver"), headers, text.into());
         let answer = match tokio::time::timeout(limit, request).await {
             Ok(Ok(message)) => message,
             Ok(Err(e)) => {
@@ -588,6 +626,13 @@ impl Cluster {
                 tracing::warn!(%room, "cluster: a shared room not stored here: {e}");
             }
         });
+    }
+
+    /// Where the receipt for `sender`'s message `fp` goes: the node the sender is
+    /// online on, or else the node the message came from.
+    pub(crate) fn receipt_node(&self, sender: &str, fp: &str) -> Option<String> {
+        let origin = lock(&self.receipt_origins).take(&(sender.to_owned(), fp.to_owned()));
+        self.route(sender).or(origin)
     }
 
     /// Sends a receiver's ACK (`text`, encoded) to the sender's `node`, in the
@@ -766,7 +811,12 @@ impl Cluster {
                     }
                 }
                 Some(message) = deliver.next() => {
-                    let answer = self.accept(&shared, &message.payload);
+                    let origin = message
+                        .headers
+                        .as_ref()
+                        .and_then(|h| h.get(ORIGIN_HEADER))
+                        .map(|v| v.as_str().to_owned());
+                    let answer = self.accept(&shared, &message.payload, origin);
                     if let Some(reply) = message.reply {
                         let _ = self.client.publish(reply, answer.into()).await;
                     }
@@ -884,7 +934,7 @@ impl Cluster {
     }
 
     /// Another node's message for a user here.
-    fn accept(&self, shared: &Shared, payload: &[u8]) -> &'static str {
+    fn accept(&self, shared: &Shared, payload: &[u8], origin: Option<String>) -> &'static str {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let Some((frame, text)) = std::str::from_utf8(payload)
             .ok()
@@ -910,7 +960,13 @@ impl Cluster {
             return "acked";
         }
         match shared.deliver(&mut state, &to, &frame, text.to_owned(), None) {
-            Ok(()) if receipt => "receipt",
+            Ok(()) if receipt => {
+                if let (Some(origin), Some(fp)) = (origin, frame.fp.clone()) {
+                    let key = (frame.from_id().to_owned(), fp);
+                    lock(&self.receipt_origins).insert(key, origin);
+                }
+                "receipt"
+            }
             Ok(()) => "ok",
             Err(DeliverError::NotOnline) => "offline",
             Err(DeliverError::Refused(reason)) => {
