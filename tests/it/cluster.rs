@@ -423,27 +423,36 @@ async fn a_message_in_flight_while_nats_restarts_is_never_acked_unless_delivered
     assert_eq!(got.content(), "through the outage");
 }
 
-/// Not a `tokio::test`: the proxy runs (and stops) its own runtime, outside this one.
-#[test]
-fn a_node_cut_off_from_nats_past_its_lease_hands_over_what_was_stored_meanwhile() {
-    let Some(nats) = Nats::start() else { return };
-    // Node b reaches NATS through a proxy that can cut it off.
-    let link = Proxy::start(([127, 0, 0, 1], nats.port).into());
+/// Runs a test on its own runtime. Not a `tokio::test`: the proxy runs (and stops)
+/// its own runtime, which must be outside this one.
+fn block_on(test: impl std::future::Future<Output = ()>) {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap()
-        .block_on(cut_off(&nats, &link));
+        .block_on(test);
+}
+
+/// A node that reaches NATS through `link`, a proxy that can cut it off.
+async fn node_through(nats: &Nats, link: &Proxy, id: &str) -> ServerHandle {
+    let mut config = node_config(nats, id);
+    if let Some(cluster) = config.cluster.as_mut() {
+        cluster.url = format!("nats://{}", link.addr());
+    }
+    crate::support::start(config, Recorder::new()).await
+}
+
+#[test]
+fn a_node_cut_off_from_nats_past_its_lease_hands_over_what_was_stored_meanwhile() {
+    let Some(nats) = Nats::start() else { return };
+    let link = Proxy::start(([127, 0, 0, 1], nats.port).into());
+    block_on(cut_off(&nats, &link));
 }
 
 async fn cut_off(nats: &Nats, link: &Proxy) {
     let a = node(nats, "a").await;
-    let mut config = node_config(nats, "b");
-    if let Some(cluster) = config.cluster.as_mut() {
-        cluster.url = format!("nats://{}", link.addr());
-    }
-    let b = crate::support::start(config, Recorder::new()).await;
+    let b = node_through(nats, link, "b").await;
     let mut alice = logged_in(&a.url(), "alice").await;
     let mut bob = logged_in(&b.url(), "bob").await;
     eventually("a sees bob on b", || {
@@ -487,26 +496,16 @@ async fn cut_off(nats: &Nats, link: &Proxy) {
     );
 }
 
-/// Not a `tokio::test`, for the proxy (see above).
 #[test]
 fn a_login_elsewhere_while_a_node_was_cut_off_kicks_its_session_there_once_it_is_back() {
     let Some(nats) = Nats::start() else { return };
     let link = Proxy::start(([127, 0, 0, 1], nats.port).into());
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(login_while_cut_off(&nats, &link));
+    block_on(login_while_cut_off(&nats, &link));
 }
 
 async fn login_while_cut_off(nats: &Nats, link: &Proxy) {
     let a = node(nats, "a").await;
-    let mut config = node_config(nats, "b");
-    if let Some(cluster) = config.cluster.as_mut() {
-        cluster.url = format!("nats://{}", link.addr());
-    }
-    let b = crate::support::start(config, Recorder::new()).await;
+    let b = node_through(nats, link, "b").await;
     let mut on_b = logged_in(&b.url(), "bob").await;
     eventually("a sees bob on b", || {
         a.node_of("bob").as_deref() == Some("b")
